@@ -1,0 +1,137 @@
+"""The ``segengine`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from engine.errors import ConfigError, EngineError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_SIGINT = 0, 1, 2, 130
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return args.func(args) or EXIT_OK
+    except EngineError as exc:
+        print(f"segengine: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("segengine: interrupted", file=sys.stderr)
+        return EXIT_SIGINT
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="segengine", description="Real-time video segmentation engine.")
+    sub = parser.add_subparsers(metavar="COMMAND")
+
+    models = sub.add_parser("models", help="list or fetch pretrained models")
+    msub = models.add_subparsers(metavar="ACTION")
+    p = msub.add_parser("list", help="name, task, classes, input size, licence, whether cached")
+    _model_dir(p)
+    p.set_defaults(func=_models_list)
+    p = msub.add_parser("fetch", help="download a model's weights into the cache")
+    p.add_argument("name")
+    _model_dir(p)
+    p.set_defaults(func=_models_fetch)
+    models.set_defaults(func=lambda a: (models.print_help(), EXIT_USAGE)[1])
+
+    p = sub.add_parser("export", help="export a preset's graph, or a bare network with --raw, to ONNX")
+    p.add_argument("name", help="a preset (road, street) or a model name")
+    p.add_argument("-o", "--output", type=Path, required=True, help="the .onnx file to write")
+    p.add_argument("--raw", action="store_true",
+                   help="the bare network: upstream's preprocessed float32 input and raw outputs")
+    p.add_argument("--frame-size", type=_size, default=(720, 1280), metavar="WxH",
+                   help="frame size the graph takes (default 1280x720)")
+    _model_dir(p)
+    p.set_defaults(func=_export)
+
+    p = sub.add_parser("eval", help="per-class IoU against per-pixel labels (CamVid ids)")
+    p.add_argument("name", help="a preset or model name")
+    p.add_argument("--images", type=Path, required=True)
+    p.add_argument("--labels", type=Path, required=True)
+    p.add_argument("--mapping", type=Path, help='JSON {"model": {"CamVid class": ["model class", ...]}}')
+    _model_dir(p)
+    p.set_defaults(func=_eval)
+    return parser
+
+
+def _model_dir(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model-dir", type=Path, help="a folder of model weights (a mirror); also SEGENGINE_MODEL_DIR")
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected WIDTHxHEIGHT, e.g. 1280x720") from None
+    return h, w
+
+
+def _dirs(args: argparse.Namespace):
+    from models.zoo import WeightDirs
+
+    return WeightDirs.from_env(args.model_dir)
+
+
+def _models_list(args: argparse.Namespace) -> int:
+    from models import zoo
+
+    dirs = _dirs(args)
+    rows = [("NAME", "TASK", "CLASSES", "INPUT", "LICENCE", "CACHED")]
+    for card in zoo.cards():
+        try:
+            cached = "yes" if zoo.cached_path(card, dirs) else "no"
+        except EngineError:
+            cached = "corrupt"
+        rows.append((card.name, card.task, str(len(card.classes)), card.input_hw, card.licence, cached))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+    return EXIT_OK
+
+
+def _models_fetch(args: argparse.Namespace) -> int:
+    from models import zoo
+
+    path = zoo.resolve_weights(args.name, dirs=_dirs(args))
+    print(f"{args.name}: {path}")
+    return EXIT_OK
+
+
+def _export(args: argparse.Namespace) -> int:
+    from engine.graph import compose
+
+    if args.output.suffix.lower() != ".onnx":
+        raise ConfigError(f"{args.output}: the output file must end in .onnx")
+    if args.raw:
+        compose.model_names(args.name)  # names a preset too: say so clearly below
+        if args.name in compose.PRESETS:
+            raise ConfigError(f"--raw exports one bare network; {args.name} is a preset of "
+                              f"{', '.join(compose.PRESETS[args.name])}")
+        path = compose.export_raw(args.name, args.output, _dirs(args))
+    else:
+        graph = compose.build_graph(args.name, args.frame_size, _dirs(args))
+        path = compose.export_graph(graph, args.output)
+    print(f"wrote {path}")
+    return EXIT_OK
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from engine.evaluate import evaluate, load_mapping
+
+    report = evaluate(args.name, args.images, args.labels, mapping=load_mapping(args.mapping),
+                      dirs=_dirs(args), progress=sys.stderr.isatty())
+    print(report.table())
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

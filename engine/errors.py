@@ -1,0 +1,35 @@
+"""One exception tree for the whole engine.
+
+Each class also inherits the builtin it resembles, so callers that already catch
+``OSError`` or ``ValueError`` keep working (PyAV does the same).
+"""
+
+from __future__ import annotations
+
+
+class EngineError(Exception):
+    """Base of every error segengine raises on purpose."""
+
+
+class SourceError(EngineError, OSError):
+    """A frame source could not be opened or read."""
+
+
+class EndOfStream(EngineError, EOFError):
+    """A source has no more frames."""
+
+
+class BackendError(EngineError, RuntimeError):
+    """An inference backend failed or is unavailable."""
+
+
+class ConfigError(EngineError, ValueError):
+    """A setting, flag or argument is invalid."""
+
+
+class ModelError(EngineError, ValueError):
+    """A model file is missing, corrupt, unsafe or not what its card says."""
+
+
+class DownloadError(ModelError, OSError):
+    """Weights could not be fetched, or arrived with the wrong bytes."""

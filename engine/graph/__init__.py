@@ -1,0 +1,1 @@
+"""The engine's graphs: pre-processing, networks and post-processing in one ONNX per preset."""

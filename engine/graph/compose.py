@@ -1,0 +1,124 @@
+"""Build and export the engine's graph for a preset or a single model, at a given frame size."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import onnx
+import torch
+
+from engine.errors import ConfigError
+from engine.graph.heads import Head, InstanceHead, LaneHead, SemanticHead
+from engine.graph.nms import TRANSLATIONS
+from engine.graph.preprocess import letterbox, stretch
+from models import zoo
+
+PRESETS: dict[str, tuple[str, ...]] = {
+    "road": ("twinlitenet", "yolov5s-seg"),
+    "street": ("twinlitenet", "yolov5s-seg", "espnetv2-cityscapes"),
+}
+METADATA_KEY = "segengine"
+INPUT_NAME = "frame"
+
+
+class SegmentationGraph(torch.nn.Module):
+    """uint8 1×H×W×3 RGB frame → every head's outputs, in ``output_names`` order."""
+
+    def __init__(self, heads: Sequence[Head], frame_size: tuple[int, int], name: str) -> None:
+        super().__init__()
+        self.heads = torch.nn.ModuleList(heads)
+        self.frame_size = frame_size
+        self.name = name
+        self.output_names = tuple(o for h in heads for o in h.outputs)
+        if len(set(self.output_names)) != len(self.output_names):
+            raise ConfigError(f"graph {name}: two heads produce the same output ({self.output_names})")
+
+    def forward(self, frame: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(t for head in self.heads for t in head(frame))
+
+    def describe(self) -> dict[str, object]:
+        outputs: dict[str, object] = {}
+        for head in self.heads:
+            outputs.update(head.describe())
+        return {"graph": self.name, "input": INPUT_NAME, "frame_size": list(self.frame_size),
+                "output_names": list(self.output_names), "outputs": outputs}
+
+
+def model_names(name: str) -> tuple[str, ...]:
+    """The models behind a preset name or a single model name."""
+    if name in PRESETS:
+        return PRESETS[name]
+    if name in zoo.FAMILIES:
+        return (name,)
+    raise ConfigError(f"unknown preset or model {name!r}; presets: {', '.join(PRESETS)}; "
+                      f"models: {', '.join(zoo.FAMILIES)}")
+
+
+def head_for(model: str, frame_size: tuple[int, int], dirs: zoo.WeightDirs | None = None) -> Head:
+    card = zoo.card(model)
+    net = zoo.load(model, dirs=dirs)
+    if card.task == "lanes+drivable":
+        return LaneHead(model, net, stretch(frame_size, card.input_size), card.preprocess)
+    if card.task == "semantic":
+        return SemanticHead(model, net, stretch(frame_size, card.input_size), card.preprocess, card.classes)
+    if card.task == "instance":
+        place = letterbox(frame_size, long_side=max(card.input_size))
+        return InstanceHead(model, net, place, card.preprocess, card.classes)
+    raise ConfigError(f"model {model}: no head for task {card.task!r}")
+
+
+def build_graph(name: str, frame_size: tuple[int, int], dirs: zoo.WeightDirs | None = None) -> SegmentationGraph:
+    """The graph of preset or model ``name`` for frames of ``frame_size`` (height, width)."""
+    h, w = frame_size
+    if h < 16 or w < 16 or h > 8192 or w > 8192:
+        raise ConfigError(f"frame size {w}x{h} is out of range (16..8192 per side)")
+    heads = [head_for(m, frame_size, dirs) for m in model_names(name)]
+    return SegmentationGraph(heads, frame_size, name).eval()
+
+
+def export_graph(graph: SegmentationGraph, path: Path) -> Path:
+    """Write ``graph`` as ONNX with its description in the model's metadata."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    h, w = graph.frame_size
+    frame = torch.zeros(1, h, w, 3, dtype=torch.uint8)
+    _quiet_exporter()
+    with torch.inference_mode(False), torch.no_grad():
+        torch.onnx.export(graph, (frame,), str(path), dynamo=True, external_data=False,
+                          input_names=[INPUT_NAME], output_names=list(graph.output_names),
+                          custom_translation_table=TRANSLATIONS, verbose=False)
+    model = onnx.load(str(path))
+    entry = model.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, json.dumps(graph.describe())
+    onnx.save(model, str(path))
+    return path
+
+
+def export_raw(model: str, path: Path, dirs: zoo.WeightDirs | None = None) -> Path:
+    """The bare network with upstream's input and outputs (float32 NCHW, batch 1, card size)."""
+    card = zoo.card(model)
+    net = zoo.load(model, dirs=dirs)
+    x = torch.zeros(1, 3, *card.input_size)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _quiet_exporter()
+    with torch.no_grad():
+        torch.onnx.export(net, (x,), str(path), dynamo=True, external_data=False,
+                          input_names=["input"], output_names=list(card.raw_outputs), verbose=False)
+    return path
+
+
+def read_description(model: onnx.ModelProto) -> dict[str, object]:
+    for entry in model.metadata_props:
+        if entry.key == METADATA_KEY:
+            return json.loads(entry.value)
+    raise ConfigError("this ONNX file has no segengine description; export it with `segengine export`")
+
+
+def _quiet_exporter() -> None:
+    # The exporter narrates every step at INFO level; users only need our own progress.
+    for name in ("torch.onnx", "torch.export", "onnxscript"):
+        logging.getLogger(name).setLevel(logging.WARNING)

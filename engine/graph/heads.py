@@ -1,0 +1,89 @@
+"""A head = one network with its in-graph pre- and post-processing, taking the frame as uint8."""
+
+from __future__ import annotations
+
+import torch
+
+from engine.graph.instances import InstanceDecode, Layout
+from engine.graph.preprocess import FramePreprocess, Placement
+from models.card import Preprocess
+
+
+class Head(torch.nn.Module):
+    """Base: ``outputs`` names what ``forward`` returns, ``describe`` what a consumer needs to read it."""
+
+    outputs: tuple[str, ...] = ()
+
+    def describe(self) -> dict[str, object]:
+        raise NotImplementedError
+
+
+class SemanticHead(Head):
+    """A network whose single output is N×C×h×w class logits → one uint8 class map."""
+
+    def __init__(self, name: str, net: torch.nn.Module, placement: Placement, recipe: Preprocess,
+                 classes: tuple[str, ...], output: str = "semantic") -> None:
+        super().__init__()
+        self.name, self.classes, self.placement = name, classes, placement
+        self.pre = FramePreprocess(placement, recipe)
+        self.net = net
+        self.outputs = (output,)
+
+    def forward(self, frame: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        logits = self.net(self.pre(frame))[0]
+        return (logits.argmax(dim=1).to(torch.uint8),)
+
+    def describe(self) -> dict[str, object]:
+        return {self.outputs[0]: {"kind": "semantic", "model": self.name, "classes": list(self.classes),
+                                  "placement": self.placement.to_dict()}}
+
+
+class LaneHead(Head):
+    """TwinLiteNet-style network with two binary heads → drivable-area and lane-line maps."""
+
+    outputs = ("drivable", "lanes")
+
+    def __init__(self, name: str, net: torch.nn.Module, placement: Placement, recipe: Preprocess) -> None:
+        super().__init__()
+        self.name, self.placement = name, placement
+        self.pre = FramePreprocess(placement, recipe)
+        self.net = net
+
+    def forward(self, frame: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        da, ll = self.net(self.pre(frame))
+        return da.argmax(dim=1).to(torch.uint8), ll.argmax(dim=1).to(torch.uint8)
+
+    def describe(self) -> dict[str, object]:
+        place = self.placement.to_dict()
+        return {
+            "drivable": {"kind": "binary", "model": self.name, "placement": place},
+            "lanes": {"kind": "binary", "model": self.name, "placement": place},
+        }
+
+
+class InstanceHead(Head):
+    """A YOLO-seg network → boxes (frame px), scores, class ids and prototype-resolution masks."""
+
+    outputs = ("boxes", "scores", "classes", "masks")
+
+    def __init__(self, name: str, net: torch.nn.Module, placement: Placement, recipe: Preprocess,
+                 classes: tuple[str, ...], *, layout: Layout = "v5", top_k: int = 100,
+                 conf_threshold: float = 0.25, iou_threshold: float = 0.45) -> None:
+        super().__init__()
+        self.name, self.classes, self.placement = name, classes, placement
+        self.pre = FramePreprocess(placement, recipe)
+        self.net = net
+        self.decode = InstanceDecode(placement, len(classes), layout=layout, top_k=top_k,
+                                     conf_threshold=conf_threshold, iou_threshold=iou_threshold)
+
+    def forward(self, frame: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        pred, protos = self.net(self.pre(frame))[:2]
+        return self.decode(pred, protos)
+
+    def describe(self) -> dict[str, object]:
+        d = self.decode
+        return {"instances": {
+            "kind": "instances", "model": self.name, "classes": list(self.classes),
+            "placement": self.placement.to_dict(), "top_k": d.top_k,
+            "conf_threshold": d.conf, "iou_threshold": d.iou,
+        }}
