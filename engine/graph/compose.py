@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -85,11 +86,7 @@ def export_graph(graph: SegmentationGraph, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     h, w = graph.frame_size
     frame = torch.zeros(1, h, w, 3, dtype=torch.uint8)
-    _quiet_exporter()
-    with torch.inference_mode(False), torch.no_grad():
-        torch.onnx.export(graph, (frame,), str(path), dynamo=True, external_data=False,
-                          input_names=[INPUT_NAME], output_names=list(graph.output_names),
-                          custom_translation_table=TRANSLATIONS, verbose=False)
+    _export(graph, frame, path, INPUT_NAME, graph.output_names)
     model = onnx.load(str(path))
     entry = model.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, json.dumps(graph.describe())
@@ -104,10 +101,7 @@ def export_raw(model: str, path: Path, dirs: zoo.WeightDirs | None = None) -> Pa
     x = torch.zeros(1, 3, *card.input_size)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _quiet_exporter()
-    with torch.no_grad():
-        torch.onnx.export(net, (x,), str(path), dynamo=True, external_data=False,
-                          input_names=["input"], output_names=list(card.raw_outputs), verbose=False)
+    _export(net, x, path, "input", card.raw_outputs)
     return path
 
 
@@ -118,7 +112,14 @@ def read_description(model: onnx.ModelProto) -> dict[str, object]:
     raise ConfigError("this ONNX file has no segengine description; export it with `segengine export`")
 
 
-def _quiet_exporter() -> None:
-    # The exporter narrates every step at INFO level; users only need our own progress.
+def _export(module: torch.nn.Module, example: torch.Tensor, path: Path, input_name: str,
+            output_names: Sequence[str]) -> None:
+    # The exporter narrates its steps and warns about optional packages (torchvision) we do
+    # not use; users only need our own messages.
     for name in ("torch.onnx", "torch.export", "onnxscript"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+        logging.getLogger(name).setLevel(logging.ERROR)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.onnx.export(module.eval(), (example,), str(path), dynamo=True, external_data=False,
+                          input_names=[input_name], output_names=list(output_names),
+                          custom_translation_table=TRANSLATIONS, verbose=False)
