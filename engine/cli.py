@@ -88,7 +88,8 @@ def _models_list(args: argparse.Namespace) -> int:
     rows = [("NAME", "TASK", "CLASSES", "INPUT", "LICENCE", "CACHED")]
     for card in zoo.cards():
         try:
-            cached = "yes" if zoo.cached_path(card, dirs) else "no"
+            found = zoo.cached_path(card, dirs)
+            cached = "no" if found is None else "cache" if found.parent == dirs.cache else "mirror"
         except EngineError:
             cached = "corrupt"
         rows.append((card.name, card.task, str(len(card.classes)), card.input_hw, card.licence, cached))
