@@ -30,8 +30,8 @@ def dirs(shared: Path, tmp_path_factory: pytest.TempPathFactory) -> zoo.WeightDi
 
 
 def _recipe_iou(model: str, data: list[tuple[Path, Path]], dirs: zoo.WeightDirs) -> dict[str, float]:
-    net = zoo.load(model, dirs=dirs)
     card = zoo.card(model)
+    net = zoo.load(model, dirs=dirs)
     inter: dict[str, int] = {}
     union: dict[str, int] = {}
     for image_path, label_path in data:
@@ -53,13 +53,13 @@ def _recipe_iou(model: str, data: list[tuple[Path, Path]], dirs: zoo.WeightDirs)
 @pytest.mark.parametrize("model", ["twinlitenet", "espnetv2-cityscapes", "yolov5s-seg"])
 def test_graph_matches_upstream_recipe(model: str, shared: Path, dirs: zoo.WeightDirs) -> None:
     camvid = shared / "data" / "camvid12"
+    data = pairs(camvid / "images", camvid / "annot")
     report = evaluate(model, camvid / "images", camvid / "annot", dirs=dirs, progress=False)
     ours = {s.label: s.iou for s in report.scores}
-    upstream = _recipe_iou(model, pairs(camvid / "images", camvid / "annot"), dirs)
     assert set(ours) == set(DEFAULT_MAPPING[model])
-    for label, iou in upstream.items():
-        assert abs(ours[label] - iou) < 0.005, (label, ours[label], iou)
     assert report.mean_iou(model) > 0.5  # real predictions, not an empty map
+    for label, iou in _recipe_iou(model, data, dirs).items():
+        assert abs(ours[label] - iou) < 0.002, (label, ours[label], iou)
 
 
 def test_cli_prints_table(shared: Path, dirs: zoo.WeightDirs, tmp_path: Path) -> None:

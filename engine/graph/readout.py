@@ -28,15 +28,17 @@ def map_to_frame(class_map: np.ndarray, placement: Mapping[str, object]) -> np.n
 def masks_to_frame(masks: np.ndarray, placement: Mapping[str, object]) -> np.ndarray:
     """uint8 K×mh×mw mask probabilities (×255) at prototype resolution → bool K×H×W at frame resolution.
 
-    Probabilities are interpolated before the 0.5 threshold, as upstream does, so edges stay smooth.
+    Upstream's path, step by step: probabilities upsampled to the network input and
+    thresholded at 0.5, padding cut away, then the binary mask resized to the frame.
     """
     fh, fw = placement["frame_size"]  # type: ignore[misc]
-    if len(masks) == 0:
-        return np.zeros((0, fh, fw), dtype=bool)
-    rows, cols = _region(placement, masks.shape[-2:])
+    ih, iw = placement["input_size"]  # type: ignore[misc]
     out = np.empty((len(masks), fh, fw), dtype=bool)
     for start in range(0, len(masks), 256):  # cv2 handles at most 512 channels at once
-        chunk = np.ascontiguousarray(masks[start:start + 256, rows, cols].transpose(1, 2, 0))
-        resized = cv2.resize(chunk, (fw, fh), interpolation=cv2.INTER_LINEAR)
-        out[start:start + 256] = (resized.reshape(fh, fw, -1) >= 128).transpose(2, 0, 1)
+        chunk = np.ascontiguousarray(masks[start:start + 256].transpose(1, 2, 0))
+        full = cv2.resize(chunk, (iw, ih), interpolation=cv2.INTER_LINEAR).reshape(ih, iw, -1)
+        rows, cols = _region(placement, (ih, iw))
+        binary = np.ascontiguousarray((full[rows, cols] >= 128).astype(np.uint8) * 255)
+        resized = cv2.resize(binary, (fw, fh), interpolation=cv2.INTER_LINEAR).reshape(fh, fw, -1)
+        out[start:start + 256] = (resized >= 128).transpose(2, 0, 1)
     return out
