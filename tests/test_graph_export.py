@@ -1,0 +1,123 @@
+"""Preset graphs: built, exported to ONNX, run by ONNX Runtime, equal to the torch graph, self-describing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+
+from engine.backends.onnxruntime import OnnxRuntimeBackend
+from engine.errors import BackendError, ConfigError
+from engine.graph.compose import build_graph, export_graph
+from engine.graph.instances import InstanceDecode
+from engine.graph.preprocess import letterbox
+from engine.graph.readout import masks_to_frame
+from models import zoo
+
+
+@pytest.fixture(scope="module")
+def dirs(shared: Path, tmp_path_factory: pytest.TempPathFactory) -> zoo.WeightDirs:
+    return zoo.WeightDirs(cache=tmp_path_factory.mktemp("cache"), mirror=shared / "models")
+
+
+@pytest.fixture(scope="module")
+def frame(shared: Path) -> np.ndarray:
+    """A real 1280×720 highway frame with two cars."""
+    with av.open(str(shared / "data" / "videos" / "udacity_vehicledet_test_video.mp4")) as container:
+        for index, decoded in enumerate(container.decode(video=0)):
+            if index == 4:
+                return decoded.to_ndarray(format="rgb24")
+    raise AssertionError("video too short")
+
+
+@pytest.fixture(scope="module")
+def road(dirs: zoo.WeightDirs, frame: np.ndarray, tmp_path_factory: pytest.TempPathFactory):
+    graph = build_graph("road", frame.shape[:2], dirs)
+    return graph, OnnxRuntimeBackend(export_graph(graph, tmp_path_factory.mktemp("g") / "road.onnx"))
+
+
+def test_road_graph_on_onnxruntime_equals_torch(road, frame: np.ndarray) -> None:
+    graph, backend = road
+    out = backend.infer(frame)
+    with torch.no_grad():
+        expected = dict(zip(graph.output_names, (t.numpy() for t in graph(torch.from_numpy(frame)[None]))))
+    assert list(out) == ["drivable", "lanes", "boxes", "scores", "classes", "masks"]
+    for name in ("drivable", "lanes"):
+        assert out[name].shape == (1, 360, 640) and out[name].dtype == np.uint8
+        assert (out[name] != expected[name]).mean() < 1e-3
+    np.testing.assert_array_equal(out["classes"], expected["classes"])
+    np.testing.assert_allclose(out["boxes"], expected["boxes"], atol=0.05)
+    np.testing.assert_allclose(out["scores"], expected["scores"], atol=1e-4)
+    assert np.abs(out["masks"].astype(int) - expected["masks"]).max() <= 1
+    assert out["masks"].shape == (1, 100, 96, 160)  # 640×384 input for 16:9: no wasted padding
+
+
+def test_road_graph_finds_the_cars_and_the_road(road, frame: np.ndarray) -> None:
+    _, backend = road
+    out = backend.infer(frame)
+    valid = out["scores"][0] > 0
+    cars = out["classes"][0][valid] == zoo.card("yolov5s-seg").classes.index("car")
+    boxes = out["boxes"][0][valid][cars]
+    assert len(boxes) >= 2 and (out["scores"][0][valid][cars] > 0.8).sum() >= 2
+    assert (boxes[:, 1] > 360).all() and (boxes[:, [0, 2]] <= 1280).all()  # on the road, in frame pixels
+    # Padding rows carry nothing.
+    assert (out["classes"][0][~valid] == -1).all() and not out["masks"][0][~valid].any()
+    assert not out["boxes"][0][~valid].any()
+    # Each mask lies inside its box, at frame resolution.
+    info = backend.description["outputs"]["instances"]
+    masks = masks_to_frame(out["masks"][0][valid][cars], info["placement"])
+    for mask, (x1, y1, x2, y2) in zip(masks, boxes):
+        ys, xs = np.nonzero(mask)
+        assert mask.sum() > 0.3 * (x2 - x1) * (y2 - y1)
+        assert xs.min() >= x1 - 2 and xs.max() <= x2 + 2 and ys.min() >= y1 - 2 and ys.max() <= y2 + 2
+    # The lower middle of a highway frame is drivable.
+    assert out["drivable"][0][250:320, 260:380].mean() > 0.95  # the ego lane, above the bonnet
+    assert out["drivable"][0][:150].mean() < 0.01  # the sky is not
+
+
+def test_description_travels_in_the_onnx(road) -> None:
+    _, backend = road
+    d = backend.description
+    assert d["frame_size"] == [720, 1280] and d["input"] == "frame"
+    assert d["outputs"]["instances"]["classes"][2] == "car"
+    assert d["outputs"]["instances"]["placement"]["input_size"] == [384, 640]
+    assert d["outputs"]["drivable"]["placement"]["input_size"] == [360, 640]
+
+
+def test_street_adds_a_semantic_map(dirs: zoo.WeightDirs) -> None:
+    graph = build_graph("street", (360, 480), dirs)
+    assert graph.output_names[-1] == "semantic"
+    with torch.no_grad():
+        semantic = graph(torch.zeros(1, 360, 480, 3, dtype=torch.uint8))[-1]
+    assert semantic.shape == (1, 512, 1024) and semantic.dtype == torch.uint8
+
+
+def test_bad_sizes_names_and_files(dirs: zoo.WeightDirs, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="out of range"):
+        build_graph("road", (8, 8), dirs)
+    with pytest.raises(ConfigError, match="unknown preset or model"):
+        build_graph("highway", (720, 1280), dirs)
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"not a graph")
+    with pytest.raises(BackendError, match="junk.onnx"):
+        OnnxRuntimeBackend(junk)
+
+
+def test_v8_layout_decodes_like_v5() -> None:
+    """YOLOv8/11-seg heads (no objectness, channels first) decode to the same instances."""
+    rng = np.random.default_rng(0)
+    n, nc = 300, 3
+    xy = rng.uniform(50, 500, (n, 2))
+    v5 = np.concatenate([xy, rng.uniform(20, 120, (n, 2)), np.ones((n, 1)), rng.uniform(0, 1, (n, nc)),
+                         rng.normal(0, 1, (n, 32))], 1).astype(np.float32)[None]
+    v8 = np.delete(v5, 4, axis=2).transpose(0, 2, 1).copy()
+    protos = torch.from_numpy(rng.normal(0, 1, (1, 32, 160, 160)).astype(np.float32))
+    place = letterbox((640, 640))
+    a = InstanceDecode(place, nc, layout="v5")(torch.from_numpy(v5), protos)
+    b = InstanceDecode(place, nc, layout="v8")(torch.from_numpy(v8), protos)
+    assert (a[1] > 0).sum() > 5
+    for x, y in zip(a, b):
+        assert torch.equal(x, y)
