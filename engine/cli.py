@@ -37,6 +37,9 @@ def _parser() -> argparse.ArgumentParser:
     p = msub.add_parser("list", help="name, task, classes, input size, licence, whether cached")
     _model_dir(p)
     p.set_defaults(func=_models_list)
+    p = msub.add_parser("show", help="a model's whole card: classes, preprocessing, source, sha256, accuracy")
+    p.add_argument("name")
+    p.set_defaults(func=_models_show)
     p = msub.add_parser("fetch", help="download a model's weights into the cache")
     p.add_argument("name")
     _model_dir(p)
@@ -96,6 +99,19 @@ def _models_list(args: argparse.Namespace) -> int:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+    return EXIT_OK
+
+
+def _models_show(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from models import zoo
+
+    for key, value in asdict(zoo.card(args.name)).items():
+        if key == "classes":
+            value = ", ".join(value)
+        if value not in ("", {}, None):
+            print(f"{key + ':':<13} {value}")
     return EXIT_OK
 
 

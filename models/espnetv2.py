@@ -52,6 +52,10 @@ CARD = ModelCard(
     size_bytes=3376094,
     licence="MIT",
     upstream="https://github.com/sacmehta/EdgeNets",
+    accuracy=(
+        "mean IoU over Road, Pavement, Building, Car, Pedestrian, Sky, Tree mapped to CamVid: 0.726 on the 12 camvid12 frames "
+        "(upstream: 0.742 on the full 233-frame test split)"
+    ),
 )
 
 _WHAT = "ESPNetv2 (s=2.0) Cityscapes weights"

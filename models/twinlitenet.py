@@ -40,6 +40,10 @@ CARD = ModelCard(
     size_bytes=1837662,
     licence="MIT",
     upstream="https://github.com/chequanghuy/TwinLiteNet",
+    accuracy=(
+        "drivable vs CamVid Road IoU 0.716 on the 12 camvid12 frames "
+        "(upstream: 0.802 on the full 233-frame test split)"
+    ),
 )
 
 _BN_EPS = 1e-3  # upstream uses 1e-3 everywhere, not PyTorch's default 1e-5

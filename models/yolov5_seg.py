@@ -57,6 +57,10 @@ CARD = ModelCard(
     size_bytes=15593297,
     licence="GPL-3.0 (weights)",
     upstream="https://github.com/ultralytics/yolov5",
+    accuracy=(
+        "masks merged per class vs CamVid on the 12 camvid12 frames: Car 0.913, Pedestrian 0.690 IoU "
+        "(upstream: 0.865, 0.656 on the full 233-frame test split)"
+    ),
 )
 
 BN_EPS, BN_MOMENTUM = 1e-3, 0.03  # upstream's initialize_weights() sets these on every BatchNorm2d
