@@ -20,6 +20,7 @@ from tqdm import tqdm
 from engine.backends.onnxruntime import OnnxRuntimeBackend
 from engine.errors import ConfigError
 from engine.graph.compose import build_graph, export_graph
+from engine.geometry import Placement
 from engine.graph.readout import map_to_frame, masks_to_frame
 from models import zoo
 
@@ -107,7 +108,7 @@ def predicted_classes(outputs: Mapping[str, np.ndarray], description: Mapping[st
         need = wanted.get(model, set())
         if not need:
             continue
-        place = info["placement"]
+        place = Placement.from_dict(info["placement"])
         if kind == "binary":
             cls = zoo.card(model).classes[("drivable", "lanes").index(out)]
             if cls in need:
@@ -122,7 +123,7 @@ def predicted_classes(outputs: Mapping[str, np.ndarray], description: Mapping[st
             ids = outputs["classes"][0][valid]
             for cls in need:
                 hits = masks[ids == info["classes"].index(cls)]
-                result[model, cls] = hits.any(axis=0) if len(hits) else np.zeros(place["frame_size"], bool)
+                result[model, cls] = hits.any(axis=0) if len(hits) else np.zeros(place.frame_size, bool)
     return result
 
 

@@ -13,7 +13,7 @@ from engine.backends.onnxruntime import OnnxRuntimeBackend
 from engine.errors import BackendError, ConfigError
 from engine.graph.compose import build_graph, export_graph
 from engine.graph.instances import InstanceDecode
-from engine.graph.preprocess import letterbox
+from engine.geometry import Placement, letterbox
 from engine.graph.readout import masks_to_frame
 from models import zoo
 
@@ -68,7 +68,7 @@ def test_road_graph_finds_the_cars_and_the_road(road, frame: np.ndarray) -> None
     assert not out["boxes"][0][~valid].any()
     # Each mask lies inside its box, at frame resolution.
     info = backend.description["outputs"]["instances"]
-    masks = masks_to_frame(out["masks"][0][valid][cars], info["placement"])
+    masks = masks_to_frame(out["masks"][0][valid][cars], Placement.from_dict(info["placement"]))
     for mask, (x1, y1, x2, y2) in zip(masks, boxes):
         ys, xs = np.nonzero(mask)
         assert mask.sum() > 0.3 * (x2 - x1) * (y2 - y1)

@@ -14,7 +14,7 @@ import torch
 from engine.errors import ConfigError
 from engine.graph.heads import Head, InstanceHead, LaneHead, SemanticHead
 from engine.graph.nms import TRANSLATIONS
-from engine.graph.preprocess import letterbox, stretch
+from engine.geometry import letterbox, stretch
 from models import zoo
 
 PRESETS: dict[str, tuple[str, ...]] = {

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 
 from engine.graph.instances import InstanceDecode, Layout
-from engine.graph.preprocess import FramePreprocess, Placement
+from engine.geometry import Placement
+from engine.graph.preprocess import FramePreprocess
 from models.card import Preprocess
 
 

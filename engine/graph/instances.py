@@ -13,7 +13,7 @@ from typing import Literal
 import torch
 
 from engine.graph.nms import nms_mask
-from engine.graph.preprocess import Placement
+from engine.geometry import Placement
 
 Layout = Literal["v5", "v8"]
 MAX_WH = 7680.0  # class offset for batched NMS, larger than any box coordinate
