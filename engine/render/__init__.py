@@ -1,0 +1,1 @@
+"""Drawing results over frames."""

@@ -1,0 +1,1 @@
+"""Where results go: MP4, JSON lines, a window, an image folder."""

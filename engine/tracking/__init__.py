@@ -1,0 +1,1 @@
+"""Keeping each instance's identity across frames."""
