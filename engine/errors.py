@@ -33,3 +33,7 @@ class ModelError(EngineError, ValueError):
 
 class DownloadError(ModelError, OSError):
     """Weights could not be fetched, or arrived with the wrong bytes."""
+
+
+class SinkError(EngineError, OSError):
+    """An output (video file, JSON lines, window, image folder) could not be opened or written."""

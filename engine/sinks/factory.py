@@ -1,0 +1,60 @@
+"""Builds the sinks a run asked for, checking the outputs before any frame is read."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from engine.errors import ConfigError
+from engine.sinks.base import Sink
+from engine.sinks.images import ImageFolderSink
+from engine.sinks.jsonl import JsonlSink
+from engine.sinks.video import CONTAINERS, VideoSink
+from engine.sinks.window import WindowSink
+from engine.types import SourceInfo
+
+_IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+
+
+def _check_video_path(output: Path) -> None:
+    """A video output must name a video file. Folders and suffix-less names are refused rather
+    than guessed at: frames as images have their own option (image_dir / --images-out)."""
+    suffix = output.suffix.lower()
+    if suffix in CONTAINERS:
+        return
+    if output.is_dir():
+        raise ConfigError(f"--output {output} is a folder; give a video file such as {output / 'out.mp4'}, "
+                          "or use --images-out to write frames as images")
+    if suffix in _IMAGE_SUFFIXES:
+        raise ConfigError(f"--output {output} is an image name; use --images-out FOLDER to write frames as images")
+    hint = f"no suffix: did you mean {output}.mp4?" if not suffix else f"{suffix!r} is not a video container"
+    raise ConfigError(f"--output {output}: {hint} (supported: {', '.join(CONTAINERS)})")
+
+
+def open_sinks(output: Path | None, json: Path | None, show: bool, image_dir: Path | None,
+               info: SourceInfo) -> list[Sink]:
+    """Every requested sink, opened. If one cannot open, those already opened are closed
+    (leaving no stray files) and its error is raised."""
+    if output is not None:
+        _check_video_path(output)
+    paths = [p.resolve() for p in (output, json) if p is not None and str(p) != "-"]
+    if len(set(paths)) < len(paths):
+        raise ConfigError(f"--output and --json are the same file ({output}); give them different names")
+    # Most likely to fail and creating nothing first; the JSON file (which open() truncates) last.
+    makers = []
+    if show:
+        makers.append(lambda: WindowSink(f"segengine: {info.name}"))
+    if output is not None:
+        makers.append(lambda: VideoSink(output, info))
+    if image_dir is not None:
+        makers.append(lambda: ImageFolderSink(image_dir))
+    if json is not None:
+        makers.append(lambda: JsonlSink(json))
+    sinks: list[Sink] = []
+    try:
+        for make in makers:
+            sinks.append(make())
+    except BaseException:
+        for sink in reversed(sinks):
+            sink.close()
+        raise
+    return sinks

@@ -1,0 +1,309 @@
+"""Sinks: MP4 with the input's frames and timestamps, JSON lines that round-trip, window, images."""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import pytest
+from pycocotools import mask as mask_utils
+
+from engine.errors import ConfigError, SinkError
+from engine.geometry import letterbox, stretch
+from engine.sinks import window
+from engine.sinks.factory import open_sinks
+from engine.sinks.images import ImageFolderSink
+from engine.sinks.jsonl import JsonlSink, decode_mask, read_jsonl, rle_encode
+from engine.sinks.video import VideoSink
+from engine.types import Frame, FrameResult, Instances, Lanes, SourceInfo
+
+CLASSES = ("person", "bicycle", "car")
+# pycocotools' own decode trips numpy 2's copy=False deprecation inside its Cython; nothing of ours.
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
+
+
+def _image(index: int, size: tuple[int, int]) -> np.ndarray:
+    """Flat blocks whose colours survive compression, different on every frame."""
+    h, w = size
+    img = np.zeros((h, w, 3), np.uint8)
+    img[:, : w // 2] = (200, 40, (index * 37) % 256)
+    img[:, w // 2:] = (30, 180, 90)
+    return img
+
+
+def _instances(size: tuple[int, int], letterboxed: bool = True) -> Instances:
+    """Two blobs on the prototype grid (input / 4), as the graph gives them; boxes from their frame masks."""
+    placement = letterbox(size, long_side=128) if letterboxed else stretch(size, (96, 128))
+    gh, gw = placement.input_size[0] // 4, placement.input_size[1] // 4
+    yy, xx = np.mgrid[:gh, :gw]
+    masks = np.stack([(((yy - gh * 0.5) / 5) ** 2 + ((xx - gw * 0.3) / 7) ** 2 < 1),
+                      (((yy - gh * 0.6) / 4) ** 2 + ((xx - gw * 0.7) / 4) ** 2 < 1)]).astype(np.uint8) * 230
+    draft = Instances(np.zeros((2, 4), np.float32), np.array([0.91, 0.55], np.float32),
+                      np.array([2, 0], np.int32), masks, placement, CLASSES)
+    boxes = []
+    for m in draft.frame_masks():
+        ys, xs = np.nonzero(m)
+        boxes.append([xs.min() + 0.123, ys.min() + 0.456, xs.max() + 1.0, ys.max() + 1.0])
+    return Instances(np.array(boxes, np.float32), draft.scores, draft.class_ids, masks, placement, CLASSES,
+                     track_ids=np.array([7, -1]))
+
+
+def _result(index: int, pts: float, size: tuple[int, int] = (90, 160), rendered: bool = False) -> FrameResult:
+    image = _image(index, size)
+    lanes = Lanes((np.array([[10, size[0] - 1], [40.257, size[0] / 2]], np.float32),))
+    return FrameResult(Frame(image, index, pts), instances=_instances(size), lanes=lanes,
+                       timings={"infer": 0.0123456, "render": 0.002},
+                       rendered=255 - image if rendered else None)
+
+
+def _decode(path: Path) -> list[av.VideoFrame]:
+    with av.open(str(path)) as c:
+        return list(c.decode(c.streams.video[0]))
+
+
+def _write_video(path: Path, pts: list[float], info: SourceInfo, size: tuple[int, int] = (90, 160)) -> VideoSink:
+    sink = VideoSink(path, info)
+    for i, t in enumerate(pts):
+        sink.write(_result(i, t, size))
+    sink.close()
+    return sink
+
+
+# --- video -------------------------------------------------------------------------------------
+
+def test_video_25fps_keeps_frames_size_and_pts(tmp_path: Path) -> None:
+    info = SourceInfo("test", False, (90, 160), Fraction(25), 30, Fraction(1, 12800))
+    _write_video(tmp_path / "out.mp4", [i / 25 for i in range(30)], info)
+    frames = _decode(tmp_path / "out.mp4")
+    assert len(frames) == 30
+    assert {(f.height, f.width) for f in frames} == {(90, 160)}
+    assert [f.pts * f.time_base for f in frames] == [Fraction(i, 25) for i in range(30)]
+    with av.open(str(tmp_path / "out.mp4")) as c:
+        assert c.streams.video[0].codec_context.name == "h264"
+        assert c.streams.video[0].format.name == "yuv420p"
+        assert c.streams.video[0].average_rate == 25
+    assert (tmp_path / "out.mp4").read_bytes()[24:40].find(b"moov") >= 0  # faststart: index up front
+    # The picture is the frame's: colour blocks survive compression (RGB in, RGB out).
+    np.testing.assert_allclose(frames[3].to_ndarray(format="rgb24")[45, 20], _image(3, (90, 160))[45, 20], atol=8)
+
+
+def test_video_variable_frame_rate_pts_are_exact(tmp_path: Path) -> None:
+    ticks = np.cumsum(np.random.default_rng(1).integers(1000, 9000, 20)) - 1000  # irregular gaps, in 1/90000
+    info = SourceInfo("vfr", False)  # no time base, size or fps known: 1/90000 is used
+    sink = _write_video(tmp_path / "vfr.mp4", [t / 90000 for t in ticks], info)
+    assert sink.pts_adjusted == 0
+    assert [f.pts * f.time_base for f in _decode(tmp_path / "vfr.mp4")] == [Fraction(int(t), 90000) for t in ticks]
+
+
+def test_video_pts_forced_strictly_increasing(tmp_path: Path) -> None:
+    info = SourceInfo("dup", False, time_base=Fraction(1, 1000))
+    sink = _write_video(tmp_path / "dup.mp4", [0.0, 0.04, 0.04, 0.03, 0.12], info)
+    assert sink.pts_adjusted == 2
+    assert [f.pts * f.time_base for f in _decode(tmp_path / "dup.mp4")] == \
+        [Fraction(t, 1000) for t in (0, 40, 41, 42, 120)]
+
+
+def test_video_odd_size_padded_by_one_pixel(tmp_path: Path) -> None:
+    # H.264 4:2:0 cannot crop by one pixel (x264: "crop-rect 0,0,1,1 not divisible by 2x2"), so
+    # 161×91 becomes 162×92 with the last column and row repeated.
+    sink = _write_video(tmp_path / "odd.mp4", [i / 30 for i in range(5)], SourceInfo("odd", False), (91, 161))
+    assert sink.padded
+    frames = _decode(tmp_path / "odd.mp4")
+    assert len(frames) == 5 and {(f.height, f.width) for f in frames} == {(92, 162)}
+    img = frames[2].to_ndarray(format="rgb24").astype(int)
+    np.testing.assert_allclose(img[:91, 150], _image(2, (91, 161))[:, 150], atol=8)
+    np.testing.assert_allclose(img[91], img[90], atol=8)  # repeated edge, not a black line
+    np.testing.assert_allclose(img[:, 161], img[:, 160], atol=8)
+
+
+def test_video_close_is_idempotent_and_final(tmp_path: Path) -> None:
+    sink = VideoSink(tmp_path / "c.mp4", SourceInfo("c", False, (90, 160), Fraction(30)))
+    sink.write(_result(0, 0.0, rendered=True))
+    sink.close()
+    sink.close()
+    with pytest.raises(SinkError, match="closed"):
+        sink.write(_result(1, 0.1))
+    (frame,) = _decode(tmp_path / "c.mp4")
+    np.testing.assert_allclose(frame.to_ndarray(format="rgb24")[45, 120], 255 - _image(0, (90, 160))[45, 120], atol=8)
+
+
+def test_video_bad_paths_fail_before_any_frame(tmp_path: Path) -> None:
+    info = SourceInfo("bad", False)
+    with pytest.raises(SinkError, match="does not exist") as exc:
+        VideoSink(tmp_path / "missing" / "out.mp4", info)
+    assert isinstance(exc.value, OSError)
+    with pytest.raises(SinkError, match="is a folder"):
+        VideoSink(tmp_path, info)
+    with pytest.raises(SinkError, match="unknown container"):
+        VideoSink(tmp_path / "out.avi2", info)
+    VideoSink(tmp_path / "empty.mp4", info).close()  # nothing written: no empty file left behind
+    assert not (tmp_path / "empty.mp4").exists()
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_video_disk_full_is_a_clear_error() -> None:
+    sink = VideoSink("/dev/full", SourceInfo("full", False), format="mp4")
+    with pytest.raises(SinkError, match="disk is full") as exc:
+        for i in range(30):
+            sink.write(_result(i, i / 25, (180, 320)))
+        sink.close()
+    assert exc.value.__cause__ is not None and exc.value.__cause__.errno == errno.ENOSPC
+
+
+def test_video_copies_real_timestamps(shared: Path, tmp_path: Path) -> None:
+    src = shared / "data/videos/udacity_lanelines_solidWhiteRight.mp4"
+    with av.open(str(src)) as c:
+        s = c.streams.video[0]
+        info = SourceInfo(src.name, False, (s.height, s.width), s.average_rate, s.frames, s.time_base)
+        sink = VideoSink(tmp_path / "copy.mp4", info)
+        pts = []
+        for i, f in enumerate(c.decode(s)):
+            pts.append(f.pts * f.time_base)
+            sink.write(FrameResult(Frame(f.to_ndarray(format="rgb24"), i, float(pts[-1]))))
+        sink.close()
+    out = _decode(tmp_path / "copy.mp4")
+    assert len(out) == 221 and {(f.width, f.height) for f in out} == {(960, 540)}
+    assert [f.pts * f.time_base for f in out] == pts
+
+
+# --- JSON lines --------------------------------------------------------------------------------
+
+def test_jsonl_schema_round_trip_and_flush(tmp_path: Path) -> None:
+    path = tmp_path / "out.jsonl"
+    sink = JsonlSink(path)
+    results = [_result(0, 0.0), _result(1, 1 / 3), FrameResult(Frame(_image(2, (90, 160)), 2, 0.7))]
+    for r in results:
+        sink.write(r)
+    lines = path.read_text().splitlines(keepends=True)  # before close: every line already on disk
+    assert len(lines) == 3 and all(line.endswith("\n") for line in lines)
+    records = list(read_jsonl(path))
+    sink.close()
+    sink.close()
+    first, second, bare = records
+    assert first["frame"] == 0 and second["pts"] == pytest.approx(1 / 3) and first["stream"] == "0"
+    assert first["size"] == [90, 160]
+    assert first["timings_ms"] == {"infer": 12.346, "render": 2.0}
+    assert first["lanes"] == [[[10.0, 89.0], [40.26, 45.0]]]
+    a, b = first["instances"]
+    assert (a["track_id"], a["class"], a["class_id"], a["score"]) == (7, "car", 2, 0.91)
+    assert (b["track_id"], b["class"], b["class_id"]) == (None, "person", 0)
+    assert a["box"] == [round(float(v), 2) for v in results[0].instances.boxes[0]]
+    expected = results[0].instances.frame_masks()
+    for inst, mask in zip(first["instances"], expected):
+        assert inst["mask"]["size"] == [90, 160] and isinstance(inst["mask"]["counts"], str)
+        np.testing.assert_array_equal(decode_mask(inst["mask"]), mask)
+    assert bare["instances"] is None and bare["lanes"] is None and bare["timings_ms"] == {}
+
+
+def test_rle_matches_pycocotools() -> None:
+    rng = np.random.default_rng(0)
+    for trial in range(200):
+        h, w = rng.integers(1, 30, 2)
+        mask = rng.random((h, w)) < rng.random() * (trial % 4 != 0)  # every 4th is empty
+        if trial % 7 == 0:
+            mask[:] = True
+        expected = mask_utils.encode(np.asfortranarray(mask.view(np.uint8)))
+        assert rle_encode(mask)["counts"] == expected["counts"].decode()
+
+
+def test_jsonl_streams_and_stdout(capsys: pytest.CaptureFixture[str]) -> None:
+    buffer = io.StringIO()
+    JsonlSink(buffer).write(_result(0, 0.0))
+    assert buffer.getvalue().count("\n") == 1
+    sink = JsonlSink("-")
+    sink.write(_result(4, 0.16))
+    sink.close()
+    assert '"frame":4' in capsys.readouterr().out
+
+
+def test_jsonl_errors(tmp_path: Path) -> None:
+    with pytest.raises(SinkError, match="does not exist"):
+        JsonlSink(tmp_path / "nope" / "a.jsonl")
+    sink = JsonlSink(tmp_path / "cut.jsonl")
+    sink.write(_result(0, 0.0))
+
+    class HalfThenFull:  # a disk that fills up in the middle of the second line
+        def __init__(self, f: io.RawIOBase) -> None:
+            self.f = f
+
+        def write(self, data: memoryview) -> int:
+            self.f.write(data[: len(data) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self.f, name)
+
+    sink._file = HalfThenFull(sink._file)
+    with pytest.raises(SinkError, match="disk is full"):
+        sink.write(_result(1, 0.1))
+    sink.close()
+    assert [r["frame"] for r in read_jsonl(tmp_path / "cut.jsonl")] == [0]  # the half line is gone
+
+
+# --- window, images, factory -------------------------------------------------------------------
+
+def test_window_headless_says_how_to_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DISPLAY", ":0")  # even with a display, a headless OpenCV cannot show windows
+    with pytest.raises(SinkError, match="opencv-python instead of opencv-python-headless"):
+        window.WindowSink("test")
+
+
+def test_window_q_closes(monkeypatch: pytest.MonkeyPatch) -> None:
+    shown = []
+    monkeypatch.setattr(window, "_gui_backend", lambda: "GTK3")
+    monkeypatch.setattr(window, "_has_display", lambda: True)
+    monkeypatch.setattr(cv2, "namedWindow", lambda *a: None)
+    monkeypatch.setattr(cv2, "imshow", lambda title, img: shown.append(img))
+    monkeypatch.setattr(cv2, "getWindowProperty", lambda *a: 1.0)
+    monkeypatch.setattr(cv2, "destroyWindow", lambda *a: None)
+    keys = iter([-1, ord("q")])
+    monkeypatch.setattr(cv2, "waitKey", lambda ms: next(keys, -1))
+    sink = window.WindowSink("test")
+    sink.write(_result(0, 0.0))
+    assert not sink.closed_by_user
+    sink.write(_result(1, 0.04))
+    assert sink.closed_by_user and len(shown) == 2
+    np.testing.assert_array_equal(shown[0][..., ::-1], _image(0, (90, 160)))  # shown as BGR
+    sink.close()
+    sink.close()
+
+
+def test_image_folder_writes_every_frame(tmp_path: Path) -> None:
+    sink = ImageFolderSink(tmp_path / "a" / "frames")
+    for i in range(4):
+        sink.write(_result(i, i / 25))
+    sink.close()
+    names = sorted(p.name for p in (tmp_path / "a" / "frames").iterdir())
+    assert names == [f"frame_{i:06d}.jpg" for i in range(4)]
+    assert cv2.imread(str(tmp_path / "a" / "frames" / names[0])).shape == (90, 160, 3)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(SinkError, match="not a folder"):
+        ImageFolderSink(tmp_path / "file")
+    with pytest.raises(ConfigError, match="cannot write .xyz"):
+        ImageFolderSink(tmp_path / "b", ext="xyz")
+
+
+def test_open_sinks(tmp_path: Path) -> None:
+    info = SourceInfo("clip", False, (90, 160), Fraction(25))
+    sinks = open_sinks(tmp_path / "o.mp4", tmp_path / "o.jsonl", False, tmp_path / "imgs", info)
+    assert [type(s).__name__ for s in sinks] == ["VideoSink", "ImageFolderSink", "JsonlSink"]
+    for s in sinks:
+        s.close()
+    for bad, match in [(tmp_path / "out", "did you mean"), (tmp_path, "is a folder"),
+                       (tmp_path / "x.png", "--images-out"), (tmp_path / "x.avi3", "not a video container")]:
+        with pytest.raises(ConfigError, match=match):
+            open_sinks(bad, None, False, None, info)
+    with pytest.raises(ConfigError, match="same file"):
+        open_sinks(tmp_path / "a.mp4", tmp_path / "a.mp4", False, None, info)
+    # A sink that fails to open closes those opened before it: no stray empty video is left.
+    with pytest.raises(SinkError, match="does not exist"):
+        open_sinks(tmp_path / "w.mp4", tmp_path / "missing" / "w.jsonl", False, None, info)
+    with pytest.raises(SinkError, match="window"):  # headless here
+        open_sinks(tmp_path / "w.mp4", None, True, None, info)
+    assert not (tmp_path / "w.mp4").exists()
