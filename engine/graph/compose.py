@@ -73,11 +73,15 @@ def head_for(model: str, frame_size: tuple[int, int], dirs: zoo.WeightDirs | Non
 
 def build_graph(name: str, frame_size: tuple[int, int], dirs: zoo.WeightDirs | None = None) -> SegmentationGraph:
     """The graph of preset or model ``name`` for frames of ``frame_size`` (height, width)."""
+    check_frame_size(frame_size)
+    heads = [head_for(m, frame_size, dirs) for m in model_names(name)]
+    return SegmentationGraph(heads, frame_size, name).eval()
+
+
+def check_frame_size(frame_size: tuple[int, int]) -> None:
     h, w = frame_size
     if h < 16 or w < 16 or h > 8192 or w > 8192:
         raise ConfigError(f"frame size {w}x{h} is out of range (16..8192 per side)")
-    heads = [head_for(m, frame_size, dirs) for m in model_names(name)]
-    return SegmentationGraph(heads, frame_size, name).eval()
 
 
 def export_graph(graph: SegmentationGraph, path: Path) -> Path:
@@ -86,10 +90,9 @@ def export_graph(graph: SegmentationGraph, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     h, w = graph.frame_size
     frame = torch.zeros(1, h, w, 3, dtype=torch.uint8)
-    _export(graph, frame, path, INPUT_NAME, graph.output_names)
+    export_module(graph, (frame,), path, (INPUT_NAME,), graph.output_names)
     model = onnx.load(str(path))
-    entry = model.metadata_props.add()
-    entry.key, entry.value = METADATA_KEY, json.dumps(graph.describe())
+    write_description(model, graph.describe())
     onnx.save(model, str(path))
     return path
 
@@ -101,7 +104,7 @@ def export_raw(model: str, path: Path, dirs: zoo.WeightDirs | None = None) -> Pa
     x = torch.zeros(1, 3, *card.input_size)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _export(net, x, path, "input", card.raw_outputs)
+    export_module(net, (x,), path, ("input",), card.raw_outputs)
     return path
 
 
@@ -112,14 +115,22 @@ def read_description(model: onnx.ModelProto) -> dict[str, object]:
     raise ConfigError("this ONNX file has no segengine description; export it with `segengine export`")
 
 
-def _export(module: torch.nn.Module, example: torch.Tensor, path: Path, input_name: str,
-            output_names: Sequence[str]) -> None:
+def write_description(model: onnx.ModelProto, description: dict[str, object]) -> None:
+    """Store ``description`` (``SegmentationGraph.describe()``'s form) in the model's metadata, replacing any."""
+    kept = {entry.key: entry.value for entry in model.metadata_props if entry.key != METADATA_KEY}
+    kept[METADATA_KEY] = json.dumps(description)
+    onnx.helper.set_model_props(model, kept)
+
+
+def export_module(module: torch.nn.Module, examples: tuple[torch.Tensor, ...], path: Path,
+                  input_names: Sequence[str], output_names: Sequence[str]) -> None:
+    """Export ``module`` at the examples' static shapes, with our NMS op translated."""
     # The exporter narrates its steps and warns about optional packages (torchvision) we do
     # not use; users only need our own messages.
     for name in ("torch.onnx", "torch.export", "onnxscript"):
         logging.getLogger(name).setLevel(logging.ERROR)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
-        torch.onnx.export(module.eval(), (example,), str(path), dynamo=True, external_data=False,
-                          input_names=[input_name], output_names=list(output_names),
+        torch.onnx.export(module.eval(), examples, str(path), dynamo=True, external_data=False,
+                          input_names=list(input_names), output_names=list(output_names),
                           custom_translation_table=TRANSLATIONS, verbose=False)
