@@ -56,6 +56,21 @@ def _parser() -> argparse.ArgumentParser:
     _model_dir(p)
     p.set_defaults(func=_export)
 
+    p = sub.add_parser("run", help="segment a video, stream, camera or image folder")
+    p.add_argument("source", help="a video file, an image folder or glob, or synthetic://")
+    p.add_argument("-o", "--output", type=Path, help="write the overlaid video here (.mp4)")
+    p.add_argument("--json", type=Path, help="write one JSON line per frame here ('-' for stdout)")
+    p.add_argument("--images-out", type=Path, help="write overlaid frames as images into this folder")
+    p.add_argument("--preset", default="road", help="road (default), street, or a single model name")
+    p.add_argument("--model", type=Path, help="your own YOLO-seg or semantic ONNX model instead of a preset")
+    p.add_argument("--classes", type=Path, help="class names for --model (one per line, or a JSON list)")
+    p.add_argument("--backend", default="auto", help="auto (default), onnxruntime, tensorrt or torch")
+    p.add_argument("--show", action="store_true", help="show the overlaid video in a window")
+    p.add_argument("--max-frames", type=_positive, help="stop after this many frames")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
+    _model_dir(p)
+    p.set_defaults(func=_run)
+
     p = sub.add_parser("eval", help="per-class IoU against per-pixel labels (CamVid ids)")
     p.add_argument("name", help="a preset or model name")
     p.add_argument("--images", type=Path, required=True)
@@ -64,6 +79,16 @@ def _parser() -> argparse.ArgumentParser:
     _model_dir(p)
     p.set_defaults(func=_eval)
     return parser
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a positive whole number")
+    return value
 
 
 def _model_dir(p: argparse.ArgumentParser) -> None:
@@ -139,6 +164,12 @@ def _export(args: argparse.Namespace) -> int:
         path = compose.export_graph(graph, args.output)
     print(f"wrote {path}")
     return EXIT_OK
+
+
+def _run(args: argparse.Namespace) -> int:
+    from engine.run import run
+
+    return run(args)
 
 
 def _eval(args: argparse.Namespace) -> int:

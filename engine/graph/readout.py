@@ -8,8 +8,8 @@ import numpy as np
 from engine.geometry import Placement
 
 
-def _region(placement: Placement, shape: tuple[int, int]) -> tuple[slice, slice]:
-    """The part of a model-resolution array (``shape``) that covers the frame, without padding."""
+def frame_region(placement: Placement, shape: tuple[int, int]) -> tuple[slice, slice]:
+    """The rows and columns of a model-resolution array (``shape``) that cover the frame (no padding)."""
     (ih, iw), (rh, rw) = placement.input_size, placement.resized
     sy, sx = shape[0] / ih, shape[1] / iw
     top, left = placement.top, placement.left
@@ -19,7 +19,7 @@ def _region(placement: Placement, shape: tuple[int, int]) -> tuple[slice, slice]
 def map_to_frame(class_map: np.ndarray, placement: Placement) -> np.ndarray:
     """uint8 h×w class map at model resolution → H×W at frame resolution (nearest)."""
     fh, fw = placement.frame_size
-    rows, cols = _region(placement, class_map.shape[-2:])
+    rows, cols = frame_region(placement, class_map.shape[-2:])
     return cv2.resize(np.ascontiguousarray(class_map[rows, cols]), (fw, fh), interpolation=cv2.INTER_NEAREST)
 
 
@@ -31,7 +31,7 @@ def masks_to_frame(masks: np.ndarray, placement: Placement) -> np.ndarray:
     """
     fh, fw = placement.frame_size
     ih, iw = placement.input_size
-    rows, cols = _region(placement, (ih, iw))
+    rows, cols = frame_region(placement, (ih, iw))
     out = np.empty((len(masks), fh, fw), dtype=bool)
     for start in range(0, len(masks), 256):  # cv2 handles at most 512 channels at once
         chunk = np.ascontiguousarray(masks[start:start + 256].transpose(1, 2, 0))

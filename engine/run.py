@@ -1,0 +1,80 @@
+"""``segengine run``: the pipeline with a progress bar, a summary, signals and exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from types import FrameType
+
+from tqdm import tqdm
+
+from engine.capture.factory import open_source
+from engine.pipeline import Pipeline
+from engine.sinks.factory import open_sinks
+
+EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM = 0, 130, 143
+
+
+class _Signals:
+    """First SIGINT/SIGTERM: stop gracefully (sinks finalised). A second one: leave at once."""
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.pipeline = pipeline
+        self.received: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> _Signals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)  # type: ignore[arg-type]
+
+    def _handle(self, signum: int, _frame: FrameType | None) -> None:
+        if self.received is not None:
+            raise KeyboardInterrupt
+        self.received = signum
+        print(f"\nsegengine: {signal.Signals(signum).name}: finishing the outputs…", file=sys.stderr)
+        self.pipeline.stop()
+
+
+def run(args: argparse.Namespace) -> int:
+    from models.zoo import WeightDirs
+
+    if args.model is not None:  # a wrong model file is said before anything starts
+        from engine.graph.custom import inspect_onnx
+
+        inspect_onnx(args.model, args.classes)
+    else:
+        from engine.graph.compose import model_names
+
+        model_names(args.preset)
+    source = open_source(args.source)
+    source.open()
+    info = source.info
+    sinks = open_sinks(output=args.output, json=args.json, show=args.show, image_dir=args.images_out, info=info)
+    pipeline = Pipeline(source, preset=args.preset, model=args.model, classes=args.classes, backend=args.backend,
+                        sinks=sinks,
+                        render=bool(args.output or args.show or args.images_out), max_frames=args.max_frames,
+                        dirs=WeightDirs.from_env(args.model_dir))
+    if not args.quiet:
+        print(f"segengine: {info.name} → backend {pipeline.choice.name} ({pipeline.choice.reason})", file=sys.stderr)
+    total = info.frame_count
+    if args.max_frames:
+        total = min(total, args.max_frames) if total else args.max_frames
+    bar = tqdm(total=total, unit="frame", disable=True if args.quiet else None, file=sys.stderr)
+    with _Signals(pipeline) as signals:
+        try:
+            pipeline.run(on_result=lambda _r: bar.update())
+        finally:
+            bar.close()
+    if not args.quiet:
+        print(pipeline.stats.table(), file=sys.stderr)
+    if signals.received is not None:
+        return EXIT_SIGINT if signals.received == signal.SIGINT else EXIT_SIGTERM
+    return EXIT_OK

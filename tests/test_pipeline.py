@@ -1,0 +1,173 @@
+"""The pipeline end to end: files, image folders, the synthetic source, signals, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from engine.capture.synthetic import SyntheticSource
+from engine.errors import SourceError
+from engine.pipeline import Pipeline
+from engine.sinks.jsonl import JsonlSink, read_jsonl
+from engine.types import Frame, SourceInfo
+from models import zoo
+
+
+@pytest.fixture(scope="module")
+def env(shared: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """One cache for the module, so each preset graph is exported once per frame size."""
+    cache = tmp_path_factory.mktemp("cache")
+    return {**os.environ, "SEGENGINE_CACHE_DIR": str(cache), "SEGENGINE_MODEL_DIR": str(shared / "models")}
+
+
+@pytest.fixture(scope="module")
+def dirs(env: dict[str, str]) -> zoo.WeightDirs:
+    return zoo.WeightDirs(cache=Path(env["SEGENGINE_CACHE_DIR"]) / "models", mirror=Path(env["SEGENGINE_MODEL_DIR"]))
+
+
+def _cli(*args: str, env: dict[str, str], timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "engine.cli", "run", *args], capture_output=True, text=True,
+                          env=env, timeout=timeout)
+
+
+def _pts(path: Path) -> list[float]:
+    with av.open(str(path)) as container:
+        return [round(f.time, 4) for f in container.decode(video=0)]
+
+
+def test_video_to_overlaid_mp4_and_json(shared: Path, env: dict[str, str], tmp_path: Path) -> None:
+    video = shared / "data" / "videos" / "udacity_lanelines_solidWhiteRight.mp4"
+    out, js = tmp_path / "out.mp4", tmp_path / "out.jsonl"
+    done = _cli(str(video), "-o", str(out), "--json", str(js), env=env)
+    assert done.returncode == 0, done.stderr
+    assert "throughput" in done.stderr and "dropped 0" in done.stderr
+    with av.open(str(out)) as container:
+        stream = container.streams.video[0]
+        assert (stream.width, stream.height) == (960, 540)
+    assert _pts(out) == _pts(video) and len(_pts(out)) == 221  # every frame, same timestamps
+    records = list(read_jsonl(js))
+    assert [r["frame"] for r in records] == list(range(221))
+    # Cars are found and keep their ids: some track lives through most of the video.
+    lifetimes: dict[int, int] = {}
+    for r in records:
+        for inst in r["instances"]:
+            if inst["class"] == "car":
+                lifetimes[inst["track_id"]] = lifetimes.get(inst["track_id"], 0) + 1
+    assert max(lifetimes.values()) > 150
+    assert sum(len(r["lanes"]) >= 2 for r in records) > 200  # both lane lines, nearly always
+
+
+def test_image_folder_to_images_and_json(shared: Path, env: dict[str, str], tmp_path: Path) -> None:
+    folder = shared / "data" / "images" / "udacity_lanelines"
+    done = _cli(str(folder), "--images-out", str(tmp_path / "frames"), "--json", str(tmp_path / "o.jsonl"),
+                env=env)
+    assert done.returncode == 0, done.stderr
+    assert len(list((tmp_path / "frames").iterdir())) == 6
+    assert len(list(read_jsonl(tmp_path / "o.jsonl"))) == 6
+
+
+def test_synthetic_source_through_the_api(dirs: zoo.WeightDirs, tmp_path: Path) -> None:
+    source = SyntheticSource(width=960, height=540, fps=25, frames=12)
+    with Pipeline(source, sinks=[JsonlSink(tmp_path / "s.jsonl")], dirs=dirs) as pipeline:
+        results = list(pipeline)
+    assert [r.frame.index for r in results] == list(range(12))
+    assert all(r.rendered is not None and r.rendered.shape == (540, 960, 3) for r in results)
+    assert all(r.drivable is not None and r.instances is not None for r in results)
+    assert pipeline.stats.frames == 12 and not _engine_threads()
+    assert len(list(read_jsonl(tmp_path / "s.jsonl"))) == 12
+
+
+class _Failing:
+    """A source that breaks after a few frames, as a camera unplugged mid-run would."""
+
+    def __init__(self) -> None:
+        self.inner = SyntheticSource(width=320, height=180, frames=100)
+
+    @property
+    def info(self) -> SourceInfo:
+        return self.inner.info
+
+    def open(self) -> None:
+        self.inner.open()
+
+    def read(self, timeout: float) -> Frame:
+        frame = self.inner.read(timeout)
+        if frame.index == 3:
+            raise SourceError("camera unplugged")
+        return frame
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def test_a_failing_source_is_reraised_and_outputs_are_finalised(dirs: zoo.WeightDirs, tmp_path: Path) -> None:
+    sink = JsonlSink(tmp_path / "f.jsonl")
+    with pytest.raises(SourceError, match="camera unplugged"):
+        with Pipeline(_Failing(), sinks=[sink], dirs=dirs) as pipeline:
+            for _ in pipeline:
+                pass
+    assert len(list(read_jsonl(tmp_path / "f.jsonl"))) == 3
+    assert not _engine_threads()
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_signal_mid_run_leaves_playable_outputs(sig: int, code: int, shared: Path, env: dict[str, str],
+                                                tmp_path: Path) -> None:
+    video = shared / "data" / "videos" / "udacity_lanelines_solidWhiteRight.mp4"
+    out, js = tmp_path / "out.mp4", tmp_path / "out.jsonl"
+    proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "run", str(video), "-o", str(out), "--json", str(js)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while (not js.exists() or len(js.read_text().splitlines()) < 5) and time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()[1]
+        time.sleep(0.2)
+    sent = time.monotonic()
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=30)
+    assert time.monotonic() - sent < 5, "threads did not stop within 5 s"
+    assert proc.returncode == code, err
+    written = len(list(read_jsonl(js)))
+    assert 5 <= written < 221
+    assert len(_pts(out)) == written  # the MP4 was finalised and plays, frame for frame with the JSON
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["{missing}"], "source not found"),
+    (["{junk}"], "not a media file"),
+    (["{video}", "-o", "{tmp}/out.avi"], ".avi"),
+    (["{video}", "--model", "{junk}"], "junk.bin"),
+    (["{video}", "--preset", "highway"], "unknown preset or model 'highway'"),
+    (["{video}", "--backend", "tensorrt"], "TensorRT"),
+    (["{video}", "--max-frames", "0"], "positive whole number"),
+])
+def test_bad_input_exits_2_with_a_clear_message(args: list[str], message: str, shared: Path, env: dict[str, str],
+                                                tmp_path: Path) -> None:
+    junk = tmp_path / "junk.bin"
+    junk.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    names = {"missing": tmp_path / "nope.mp4", "junk": junk, "tmp": tmp_path,
+             "video": shared / "data" / "videos" / "udacity_lanelines_solidWhiteRight.mp4"}
+    done = _cli(*(a.format(**names) for a in args), env=env, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert message.lower() in done.stderr.lower() and "Traceback" not in done.stderr
+
+
+def _engine_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith(("segengine", "capture:")) and t.is_alive()]
+
+
+def test_json_lines_are_complete_while_running(shared: Path, env: dict[str, str], tmp_path: Path) -> None:
+    video = shared / "data" / "videos" / "udacity_lanelines_solidWhiteRight.mp4"
+    done = _cli(str(video), "--json", "-", "--max-frames", "3", "--quiet", env=env)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert len(lines) == 3 and all(json.loads(line)["size"] == [540, 960] for line in lines)
