@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from fractions import Fraction
 from typing import Literal
 
@@ -15,7 +16,7 @@ import numpy as np
 
 from engine.errors import ConfigError
 from engine.geometry import Placement
-from engine.graph.readout import map_to_frame, masks_to_frame
+from engine.graph.readout import box_masks, map_to_frame
 
 Memory = Literal["host", "pinned", "device"]
 
@@ -92,9 +93,17 @@ class Instances:
         return replace(self, boxes=self.boxes[keep], scores=self.scores[keep], class_ids=self.class_ids[keep],
                        masks=self.masks[keep], track_ids=self.track_ids[keep])
 
+    @cached_property
+    def box_masks(self) -> list[tuple[int, int, np.ndarray]]:
+        """Per instance ``(x0, y0, bool h×w)``: its mask at frame resolution around its box (made once)."""
+        return box_masks(self.masks, self.boxes, self.placement)
+
     def frame_masks(self) -> np.ndarray:
-        """bool N×H×W at frame resolution (costly: made on demand only)."""
-        return masks_to_frame(self.masks, self.placement)
+        """bool N×H×W at frame resolution (2 MB per mask at 1080p: prefer ``box_masks``)."""
+        out = np.zeros((len(self), *self.placement.frame_size), bool)
+        for k, (x0, y0, m) in enumerate(self.box_masks):
+            out[k, y0:y0 + m.shape[0], x0:x0 + m.shape[1]] = m
+        return out
 
     @classmethod
     def from_outputs(cls, outputs: Mapping[str, np.ndarray], placement: Placement,

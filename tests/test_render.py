@@ -13,7 +13,7 @@ from engine.geometry import Placement, letterbox, stretch
 from engine.lanes import LaneSmoother, fit_lanes
 from engine.render.base import Renderer
 from engine.render.hud import draw_hud
-from engine.render.overlay import OverlayRenderer, _box_mask
+from engine.render.overlay import OverlayRenderer
 from engine.render.palette import GROUP_COLOURS, Group, group_of, instance_colour, track_colour
 from engine.types import Frame, FrameResult, Instances, Lanes, SemanticMap
 
@@ -170,22 +170,6 @@ def test_renderer_tints_masks_and_leaves_the_frame_alone(size: tuple[int, int]) 
     assert (out[0, 0] == 100).all() and (out[-1, -1] == 100).all()  # nothing drawn far from the box
     # Every option on, odd sizes included: no crash, still the frame's shape.
     assert OverlayRenderer().render(result).shape == image.shape
-
-
-def test_box_masks_agree_with_full_frame_masks() -> None:
-    """The renderer warps each mask into its box; it must match ``Instances.frame_masks``."""
-    size = (540, 960)
-    inst = _instances(size, [(100, 200, 400, 480), (600, 300, 700, 380)], [1, 1], [1, 2])
-    yy, xx = np.mgrid[:inst.masks.shape[1], :inst.masks.shape[2]]
-    centres = _to_map(np.array([[250.0, 340.0], [650.0, 340.0]]), inst.placement, inst.masks.shape[1:])
-    blobs = [np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * r * r)) for (cx, cy), r in zip(centres, (8, 3))]
-    inst = Instances(inst.boxes, inst.scores, inst.class_ids, (np.stack(blobs) * 255).astype(np.uint8),
-                     inst.placement, inst.class_names, inst.track_ids)
-    full = inst.frame_masks()
-    for k, (x0, y0, x1, y1) in enumerate(inst.boxes.astype(int)):
-        mine = _box_mask(inst.masks[k], inst.placement, (x0, y0, x1, y1)).astype(bool)
-        theirs = full[k][y0:y1, x0:x1]
-        assert theirs.sum() > 100 and (mine & theirs).sum() / (mine | theirs).sum() > 0.95
 
 
 def test_renderer_rejects_a_bad_opacity() -> None:

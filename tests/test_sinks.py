@@ -12,14 +12,14 @@ import av
 import cv2
 import numpy as np
 import pytest
-from pycocotools import mask as mask_utils
 
 from engine.errors import ConfigError, SinkError
 from engine.geometry import letterbox, stretch
 from engine.sinks import window
 from engine.sinks.factory import open_sinks
 from engine.sinks.images import ImageFolderSink
-from engine.sinks.jsonl import JsonlSink, decode_mask, read_jsonl, rle_encode
+from engine.graph.readout import masks_to_frame
+from engine.sinks.jsonl import JsonlSink, decode_mask, read_jsonl
 from engine.sinks.video import VideoSink
 from engine.types import Frame, FrameResult, Instances, Lanes, SourceInfo
 
@@ -44,13 +44,12 @@ def _instances(size: tuple[int, int], letterboxed: bool = True) -> Instances:
     yy, xx = np.mgrid[:gh, :gw]
     masks = np.stack([(((yy - gh * 0.5) / 5) ** 2 + ((xx - gw * 0.3) / 7) ** 2 < 1),
                       (((yy - gh * 0.6) / 4) ** 2 + ((xx - gw * 0.7) / 4) ** 2 < 1)]).astype(np.uint8) * 230
-    draft = Instances(np.zeros((2, 4), np.float32), np.array([0.91, 0.55], np.float32),
-                      np.array([2, 0], np.int32), masks, placement, CLASSES)
     boxes = []
-    for m in draft.frame_masks():
+    for m in masks_to_frame(masks, placement):
         ys, xs = np.nonzero(m)
         boxes.append([xs.min() + 0.123, ys.min() + 0.456, xs.max() + 1.0, ys.max() + 1.0])
-    return Instances(np.array(boxes, np.float32), draft.scores, draft.class_ids, masks, placement, CLASSES,
+    return Instances(np.array(boxes, np.float32), np.array([0.91, 0.55], np.float32), np.array([2, 0], np.int32),
+                     masks, placement, CLASSES,
                      track_ids=np.array([7, -1]))
 
 
@@ -199,17 +198,6 @@ def test_jsonl_schema_round_trip_and_flush(tmp_path: Path) -> None:
         assert inst["mask"]["size"] == [90, 160] and isinstance(inst["mask"]["counts"], str)
         np.testing.assert_array_equal(decode_mask(inst["mask"]), mask)
     assert bare["instances"] is None and bare["lanes"] is None and bare["timings_ms"] == {}
-
-
-def test_rle_matches_pycocotools() -> None:
-    rng = np.random.default_rng(0)
-    for trial in range(200):
-        h, w = rng.integers(1, 30, 2)
-        mask = rng.random((h, w)) < rng.random() * (trial % 4 != 0)  # every 4th is empty
-        if trial % 7 == 0:
-            mask[:] = True
-        expected = mask_utils.encode(np.asfortranarray(mask.view(np.uint8)))
-        assert rle_encode(mask)["counts"] == expected["counts"].decode()
 
 
 def test_jsonl_streams_and_stdout(capsys: pytest.CaptureFixture[str]) -> None:

@@ -14,7 +14,6 @@ import cv2
 import numpy as np
 
 from engine.errors import ConfigError
-from engine.geometry import Placement
 from engine.graph.readout import frame_region
 from engine.render.base import Renderer
 from engine.render.hud import draw_hud
@@ -95,18 +94,21 @@ class OverlayRenderer(Renderer):
         names = inst.names
         order = np.argsort(boxes[:, 3], kind="stable")  # far (higher in the frame) first, near ones on top
         thin = max(1, round(min(h, w) / 500))
+        windows = inst.box_masks if self.show_masks else []
         for i in order:
             x0, y0, x1, y1 = boxes[i]
             if x1 <= x0 or y1 <= y0:
                 continue
             colour = instance_colour(int(inst.track_ids[i]), names[i])
             if self.show_masks:
-                mask = _box_mask(inst.masks[i], inst.placement, (x0, y0, x1, y1))
+                mx, my, window = windows[i]
+                mask = window.view(np.uint8)
+                region = (slice(my, my + mask.shape[0]), slice(mx, mx + mask.shape[1]))
                 # Tinted from the frame's own pixels: an object hides the road tint and lane
                 # lines behind it, and a nearer object the farther one.
-                tinted = cv2.transform(frame[y0:y1, x0:x1], _tint_matrix(colour, self.alpha))
-                cv2.copyTo(tinted, mask, out[y0:y1, x0:x1])
-                contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE, offset=(x0, y0))
+                tinted = cv2.transform(frame[region], _tint_matrix(colour, self.alpha))
+                cv2.copyTo(tinted, mask, out[region])
+                contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE, offset=(mx, my))
                 cv2.drawContours(out, contours, -1, colour, thin, cv2.LINE_AA)
             if self.show_boxes:
                 cv2.rectangle(out, (x0, y0), (x1 - 1, y1 - 1), colour, thin, cv2.LINE_AA)
@@ -172,24 +174,6 @@ def _frame_mask(smap: SemanticMap) -> np.ndarray:
     binary = ((crop == 1) * np.uint8(255)).astype(np.uint8)
     frame = cv2.resize(binary, (p.frame_size[1], p.frame_size[0]), interpolation=cv2.INTER_LINEAR)
     return (frame >= 128).view(np.uint8)
-
-
-def _box_mask(probs: np.ndarray, placement: Placement, box: tuple[int, int, int, int]) -> np.ndarray:
-    """One instance's prototype-grid probabilities → a 0/1 uint8 mask of its box, in frame pixels.
-
-    A single bilinear warp from the grid into the box (same threshold as ``masks_to_frame``)
-    instead of resizing the whole mask to the frame.
-    """
-    x0, y0, x1, y1 = box
-    (ih, iw), (mh, mw) = placement.input_size, probs.shape
-    kx, ky = placement.scale_xy
-    ax, ay = kx * mw / iw, ky * mh / ih  # frame pixel → grid pixel
-    # Pixel centres map to pixel centres: grid = ((frame + 0.5)·scale + offset)·(grid/input) - 0.5.
-    matrix = np.array([[ax, 0.0, (x0 + 0.5) * ax + placement.left * mw / iw - 0.5],
-                       [0.0, ay, (y0 + 0.5) * ay + placement.top * mh / ih - 0.5]])
-    warped = cv2.warpAffine(probs, matrix, (x1 - x0, y1 - y0), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                            borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-    return (warped >= 128).view(np.uint8)
 
 
 def _brackets(out: np.ndarray, box: tuple[int, int, int, int], colour: Colour, thick: int) -> None:
