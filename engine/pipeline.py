@@ -88,13 +88,18 @@ class Pipeline:
     def start(self) -> Pipeline:
         if not self._started:
             self._started = True
+            self.source.open()  # here, so a bad source fails in the caller's thread, before any work
             self._capture.start()
             self._infer_thread.start()
             self.stats.started = time.monotonic()
         return self
 
     def __enter__(self) -> Pipeline:
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:
+            self.close()  # __exit__ will not run: finalise the sinks here
+            raise
 
     def __exit__(self, *exc: object) -> None:
         self.close()
@@ -129,6 +134,8 @@ class Pipeline:
 
     def _infer_loop(self) -> None:
         try:
+            if self.info.size is not None:  # ready before the first frame: its latency is not the build's
+                self._backend_for(self.info.size)
             count = 0
             while not self._stop.is_set() and (self.max_frames is None or count < self.max_frames):
                 try:

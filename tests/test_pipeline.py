@@ -171,3 +171,22 @@ def test_json_lines_are_complete_while_running(shared: Path, env: dict[str, str]
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert len(lines) == 3 and all(json.loads(line)["size"] == [540, 960] for line in lines)
+
+
+def test_live_source_keeps_latency_bounded_by_dropping(dirs: zoo.WeightDirs) -> None:
+    """A live feed faster than inference: the oldest frames are dropped and counted, latency stays low."""
+    source = SyntheticSource(width=320, height=180, fps=100, frames=None, live=True)
+    with Pipeline(source, max_frames=15, render=False, dirs=dirs) as pipeline:
+        results = list(pipeline)
+    assert len(results) == 15
+    assert pipeline.stats.dropped > 0 or pipeline._capture.dropped > 0
+    indices = [r.frame.index for r in results]
+    assert indices == sorted(indices) and indices[-1] > 20  # frames were skipped, order kept
+    assert pipeline.stats.stages["latency"].percentile(99) < 3.0
+
+
+def test_torch_backend_runs_the_same_graph(dirs: zoo.WeightDirs) -> None:
+    source = SyntheticSource(width=320, height=180, fps=25, frames=3)
+    with Pipeline(source, backend="torch", render=False, dirs=dirs) as pipeline:
+        results = list(pipeline)
+    assert len(results) == 3 and all(r.drivable is not None and r.instances is not None for r in results)

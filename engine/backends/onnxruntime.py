@@ -15,7 +15,8 @@ from engine.graph.compose import read_description
 class OnnxRuntimeBackend:
     name = "onnxruntime"
 
-    def __init__(self, path: Path, *, providers: list[str] | None = None, threads: int = 0) -> None:
+    def __init__(self, path: Path, *, providers: list[str] | None = None, threads: int = 0,
+                 spinning: bool = False) -> None:
         path = Path(path)
         try:
             model = onnx.load(str(path), load_external_data=False)
@@ -24,6 +25,10 @@ class OnnxRuntimeBackend:
         self.description = read_description(model)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
+        # By default idle pool threads sleep instead of spinning: in the pipeline, decoding,
+        # rendering and encoding share the CPU with inference, and spinning takes their time
+        # (measured: end to end +4 % on 2 cores, though the graph alone runs 10 % faster spinning).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         try:
             self._session: ort.InferenceSession | None = ort.InferenceSession(
                 model.SerializeToString(), options, providers=providers or ["CPUExecutionProvider"])
