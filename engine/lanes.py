@@ -134,6 +134,8 @@ def _split(ys: np.ndarray, xs: np.ndarray, tol: float, min_points: int, most: in
         coef = _robust_fit(ys[inliers], xs[inliers], _degree(ys[inliers], tol), tol)
         piece = _Piece(ys[inliers], xs[inliers], coef)
         near = piece.residual(ys, xs) <= 2 * tol  # a curved line's ends rejoin it after the fit
+        if near.sum() < min_points:  # a wild refit (few rows, curved fit) keeps the RANSAC inliers
+            near = inliers
         pieces.append(_Piece(ys[near], xs[near], coef))
         ys, xs = ys[~near], xs[~near]
     return pieces

@@ -230,3 +230,25 @@ def test_hud_draws_in_the_top_left_corner() -> None:
     blank = np.full((480, 640, 3), 200, np.uint8)
     draw_hud(blank, None, None, None)
     assert (blank == 200).all()
+
+
+def test_fit_lanes_survives_arbitrary_maps() -> None:
+    """Noise, specks, curves and short strokes: never an exception, always polylines inside the frame."""
+    rng = np.random.default_rng(7)
+    placement = stretch((180, 320), (360, 640))
+    for _ in range(150):
+        classes = np.zeros((360, 640), np.uint8)
+        for _ in range(rng.integers(0, 6)):
+            pts = rng.uniform([0, 0], [640, 360], (rng.integers(2, 5), 2)).astype(np.int32)
+            cv2.polylines(classes, [pts], False, 1, int(rng.integers(1, 6)))
+        classes[rng.random((360, 640)) < rng.uniform(0, 0.02)] = 1
+        lanes = fit_lanes(SemanticMap(classes, placement, ("background", "lane")))
+        for line in lanes.polylines:
+            assert (line >= 0).all() and (line[:, 0] <= 319).all() and (line[:, 1] <= 179).all()
+
+
+def test_fit_lanes_regression_map_from_a_live_run() -> None:
+    """A real lane map (synthetic scene, 320×180) on which a refit once left an empty piece."""
+    classes = (cv2.imread(str(Path(__file__).parent / "data" / "lane_map_regression.png"), cv2.IMREAD_GRAYSCALE) > 0)
+    lanes = fit_lanes(SemanticMap(classes.astype(np.uint8), stretch((180, 320), (360, 640)), ("background", "lane")))
+    assert len(lanes.polylines) >= 1
