@@ -7,7 +7,6 @@ import logging
 import warnings
 from pathlib import Path
 
-import av
 import numpy as np
 import onnx
 import onnx.helper as oh
@@ -27,28 +26,13 @@ ESPNET = zoo.card("espnetv2-cityscapes")
 
 
 @pytest.fixture(scope="module")
-def dirs(shared: Path, tmp_path_factory: pytest.TempPathFactory) -> zoo.WeightDirs:
-    return zoo.WeightDirs(cache=tmp_path_factory.mktemp("cache"), mirror=shared / "models")
-
-
-@pytest.fixture(scope="module")
 def tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("custom")
 
 
-@pytest.fixture(scope="module")
-def frame(shared: Path) -> np.ndarray:
-    """A real 1280×720 highway frame with two cars."""
-    with av.open(str(shared / "data" / "videos" / "udacity_vehicledet_test_video.mp4")) as container:
-        for index, decoded in enumerate(container.decode(video=0)):
-            if index == 4:
-                return decoded.to_ndarray(format="rgb24")
-    raise AssertionError("video too short")
-
-
-def _run(graph: torch.nn.Module, names: tuple[str, ...], frame: np.ndarray) -> dict[str, np.ndarray]:
+def _run(graph: torch.nn.Module, names: tuple[str, ...], highway_frame: np.ndarray) -> dict[str, np.ndarray]:
     with torch.no_grad():
-        return dict(zip(names, (t.numpy() for t in graph(torch.from_numpy(frame)[None]))))
+        return dict(zip(names, (t.numpy() for t in graph(torch.from_numpy(highway_frame)[None]))))
 
 
 @pytest.fixture(scope="module")
@@ -62,9 +46,9 @@ def v5_file(dirs: zoo.WeightDirs, tmp: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def v5_out(v5_file: Path, frame: np.ndarray, tmp: Path) -> tuple[dict[str, np.ndarray], dict[str, object]]:
-    backend = OnnxRuntimeBackend(export_custom_graph(v5_file, frame.shape[:2], tmp / "graph-v5.onnx"))
-    return backend.infer(frame), backend.description
+def v5_out(v5_file: Path, highway_frame: np.ndarray, tmp: Path) -> tuple[dict[str, np.ndarray], dict[str, object]]:
+    backend = OnnxRuntimeBackend(export_custom_graph(v5_file, highway_frame.shape[:2], tmp / "graph-v5.onnx"))
+    return backend.infer(highway_frame), backend.description
 
 
 def test_v5_layout_is_read_from_shapes_and_metadata(v5_file: Path, tmp: Path) -> None:
@@ -75,28 +59,28 @@ def test_v5_layout_is_read_from_shapes_and_metadata(v5_file: Path, tmp: Path) ->
     assert bare.classes[:2] == ("class0", "class1") and len(bare.classes) == 80
 
 
-def test_v5_custom_graph_equals_the_builtin_head(v5_out, dirs: zoo.WeightDirs, frame: np.ndarray) -> None:
+def test_v5_custom_graph_equals_the_builtin_head(v5_out, dirs: zoo.WeightDirs, highway_frame: np.ndarray) -> None:
     out, description = v5_out
     # Our own instance head on the raw model's square canvas, run in torch.
-    place = letterbox(frame.shape[:2], canvas=YOLO.input_size)
+    place = letterbox(highway_frame.shape[:2], canvas=YOLO.input_size)
     head = InstanceHead("yolov5s-seg", zoo.load("yolov5s-seg", dirs=dirs), place, YOLO.preprocess, YOLO.classes)
-    expected = _run(SegmentationGraph([head], frame.shape[:2], "ref").eval(), head.outputs, frame)
+    expected = _run(SegmentationGraph([head], highway_frame.shape[:2], "ref").eval(), head.outputs, highway_frame)
     assert list(out) == ["boxes", "scores", "classes", "masks"]
     np.testing.assert_array_equal(out["classes"], expected["classes"])
     np.testing.assert_allclose(out["boxes"], expected["boxes"], atol=0.05)
     np.testing.assert_allclose(out["scores"], expected["scores"], atol=1e-4)
     assert np.abs(out["masks"].astype(int) - expected["masks"]).max() <= 1
     # The description has the presets' form, read from the same code.
-    reference = SegmentationGraph([head], frame.shape[:2], "ref").describe()
+    reference = SegmentationGraph([head], highway_frame.shape[:2], "ref").describe()
     assert description.keys() == reference.keys() and description["frame_size"] == [720, 1280]
     assert description["outputs"]["instances"] == {**reference["outputs"]["instances"], "model": "named.onnx"}
 
 
-def test_v5_custom_graph_finds_the_presets_cars(v5_out, dirs: zoo.WeightDirs, frame: np.ndarray) -> None:
+def test_v5_custom_graph_finds_the_presets_cars(v5_out, dirs: zoo.WeightDirs, highway_frame: np.ndarray) -> None:
     """The preset letterboxes to 640×384, the raw model to 640×640: the same cars, boxes within 2 px."""
     out, _ = v5_out
-    preset = build_graph("yolov5s-seg", frame.shape[:2], dirs)
-    expected = _run(preset, preset.output_names, frame)
+    preset = build_graph("yolov5s-seg", highway_frame.shape[:2], dirs)
+    expected = _run(preset, preset.output_names, highway_frame)
     car = YOLO.classes.index("car")
     sure = (expected["scores"][0] > 0.5) & (expected["classes"][0] == car)
     assert sure.sum() >= 2
@@ -118,7 +102,7 @@ class _AsYolov8(torch.nn.Module):
         return torch.cat([pred[..., :4], scores, pred[..., 5 + self.nc:]], dim=2).transpose(1, 2), protos
 
 
-def test_v8_layout_gives_the_same_detections(v5_out, dirs: zoo.WeightDirs, frame: np.ndarray, tmp: Path) -> None:
+def test_v8_layout_gives_the_same_detections(v5_out, dirs: zoo.WeightDirs, highway_frame: np.ndarray, tmp: Path) -> None:
     path = tmp / "v8.onnx"
     wrapper = _AsYolov8(zoo.load("yolov5s-seg", dirs=dirs), len(YOLO.classes)).eval()
     for name in ("torch.onnx", "torch.export", "onnxscript"):
@@ -132,8 +116,8 @@ def test_v8_layout_gives_the_same_detections(v5_out, dirs: zoo.WeightDirs, frame
     classes.write_text(json.dumps(list(YOLO.classes)))
     spec = inspect_onnx(path, classes)
     assert (spec.kind, spec.num_classes, spec.classes) == ("yolo-v8", 80, YOLO.classes)
-    backend = OnnxRuntimeBackend(export_custom_graph(path, frame.shape[:2], tmp / "graph-v8.onnx", classes=classes))
-    out, (expected, _) = backend.infer(frame), v5_out
+    backend = OnnxRuntimeBackend(export_custom_graph(path, highway_frame.shape[:2], tmp / "graph-v8.onnx", classes=classes))
+    out, (expected, _) = backend.infer(highway_frame), v5_out
     np.testing.assert_array_equal(out["classes"], expected["classes"])
     np.testing.assert_allclose(out["boxes"], expected["boxes"], atol=0.05)
     np.testing.assert_allclose(out["scores"], expected["scores"], atol=1e-4)
@@ -141,16 +125,16 @@ def test_v8_layout_gives_the_same_detections(v5_out, dirs: zoo.WeightDirs, frame
     assert backend.description["outputs"]["instances"]["classes"] == list(YOLO.classes)
 
 
-def test_semantic_model_gives_the_presets_map(dirs: zoo.WeightDirs, frame: np.ndarray, tmp: Path) -> None:
+def test_semantic_model_gives_the_presets_map(dirs: zoo.WeightDirs, highway_frame: np.ndarray, tmp: Path) -> None:
     raw = export_raw("espnetv2-cityscapes", tmp / "espnet.onnx", dirs)
     classes = tmp / "cityscapes.txt"
     classes.write_text("\n".join(ESPNET.classes) + "\n")
     spec = inspect_onnx(raw, classes)
     assert (spec.kind, spec.num_classes, spec.classes, spec.input_size) == ("semantic", 20, ESPNET.classes, (512, 1024))
-    backend = OnnxRuntimeBackend(export_custom_graph(raw, frame.shape[:2], tmp / "graph-sem.onnx", classes=classes))
-    out = backend.infer(frame)
-    preset = build_graph("espnetv2-cityscapes", frame.shape[:2], dirs)
-    expected = _run(preset, preset.output_names, frame)
+    backend = OnnxRuntimeBackend(export_custom_graph(raw, highway_frame.shape[:2], tmp / "graph-sem.onnx", classes=classes))
+    out = backend.infer(highway_frame)
+    preset = build_graph("espnetv2-cityscapes", highway_frame.shape[:2], dirs)
+    expected = _run(preset, preset.output_names, highway_frame)
     assert list(out) == ["semantic"] and out["semantic"].dtype == np.uint8
     assert out["semantic"].shape == expected["semantic"].shape == (1, 512, 1024)
     assert (out["semantic"] != expected["semantic"]).mean() < 1e-3

@@ -24,11 +24,6 @@ from models import zoo
 from tests.upstream_recipe import predict_classes
 
 
-@pytest.fixture(scope="module")
-def dirs(shared: Path, tmp_path_factory: pytest.TempPathFactory) -> zoo.WeightDirs:
-    return zoo.WeightDirs(cache=tmp_path_factory.mktemp("cache"), mirror=shared / "models")
-
-
 def _recipe_iou(model: str, data: list[tuple[Path, Path]], dirs: zoo.WeightDirs) -> dict[str, float]:
     card = zoo.card(model)
     net = zoo.load(model, dirs=dirs)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 import torch
@@ -19,31 +18,16 @@ from models import zoo
 
 
 @pytest.fixture(scope="module")
-def dirs(shared: Path, tmp_path_factory: pytest.TempPathFactory) -> zoo.WeightDirs:
-    return zoo.WeightDirs(cache=tmp_path_factory.mktemp("cache"), mirror=shared / "models")
-
-
-@pytest.fixture(scope="module")
-def frame(shared: Path) -> np.ndarray:
-    """A real 1280×720 highway frame with two cars."""
-    with av.open(str(shared / "data" / "videos" / "udacity_vehicledet_test_video.mp4")) as container:
-        for index, decoded in enumerate(container.decode(video=0)):
-            if index == 4:
-                return decoded.to_ndarray(format="rgb24")
-    raise AssertionError("video too short")
-
-
-@pytest.fixture(scope="module")
-def road(dirs: zoo.WeightDirs, frame: np.ndarray, tmp_path_factory: pytest.TempPathFactory):
-    graph = build_graph("road", frame.shape[:2], dirs)
+def road(dirs: zoo.WeightDirs, highway_frame: np.ndarray, tmp_path_factory: pytest.TempPathFactory):
+    graph = build_graph("road", highway_frame.shape[:2], dirs)
     return graph, OnnxRuntimeBackend(export_graph(graph, tmp_path_factory.mktemp("g") / "road.onnx"))
 
 
-def test_road_graph_on_onnxruntime_equals_torch(road, frame: np.ndarray) -> None:
+def test_road_graph_on_onnxruntime_equals_torch(road, highway_frame: np.ndarray) -> None:
     graph, backend = road
-    out = backend.infer(frame)
+    out = backend.infer(highway_frame)
     with torch.no_grad():
-        expected = dict(zip(graph.output_names, (t.numpy() for t in graph(torch.from_numpy(frame)[None]))))
+        expected = dict(zip(graph.output_names, (t.numpy() for t in graph(torch.from_numpy(highway_frame)[None]))))
     assert list(out) == ["drivable", "lanes", "boxes", "scores", "classes", "masks"]
     for name in ("drivable", "lanes"):
         assert out[name].shape == (1, 360, 640) and out[name].dtype == np.uint8
@@ -55,25 +39,25 @@ def test_road_graph_on_onnxruntime_equals_torch(road, frame: np.ndarray) -> None
     assert out["masks"].shape == (1, 100, 96, 160)  # 640×384 input for 16:9: no wasted padding
 
 
-def test_road_graph_finds_the_cars_and_the_road(road, frame: np.ndarray) -> None:
+def test_road_graph_finds_the_cars_and_the_road(road, highway_frame: np.ndarray) -> None:
     _, backend = road
-    out = backend.infer(frame)
+    out = backend.infer(highway_frame)
     valid = out["scores"][0] > 0
     cars = out["classes"][0][valid] == zoo.card("yolov5s-seg").classes.index("car")
     boxes = out["boxes"][0][valid][cars]
     assert len(boxes) >= 2 and (out["scores"][0][valid][cars] > 0.8).sum() >= 2
-    assert (boxes[:, 1] > 360).all() and (boxes[:, [0, 2]] <= 1280).all()  # on the road, in frame pixels
+    assert (boxes[:, 1] > 360).all() and (boxes[:, [0, 2]] <= 1280).all()  # on the road, in highway_frame pixels
     # Padding rows carry nothing.
     assert (out["classes"][0][~valid] == -1).all() and not out["masks"][0][~valid].any()
     assert not out["boxes"][0][~valid].any()
-    # Each mask lies inside its box, at frame resolution.
+    # Each mask lies inside its box, at highway_frame resolution.
     info = backend.description["outputs"]["instances"]
     masks = masks_to_frame(out["masks"][0][valid][cars], Placement.from_dict(info["placement"]))
     for mask, (x1, y1, x2, y2) in zip(masks, boxes):
         ys, xs = np.nonzero(mask)
         assert mask.sum() > 0.3 * (x2 - x1) * (y2 - y1)
         assert xs.min() >= x1 - 2 and xs.max() <= x2 + 2 and ys.min() >= y1 - 2 and ys.max() <= y2 + 2
-    # The lower middle of a highway frame is drivable.
+    # The lower middle of a highway highway_frame is drivable.
     assert out["drivable"][0][250:320, 260:380].mean() > 0.95  # the ego lane, above the bonnet
     assert out["drivable"][0][:150].mean() < 0.01  # the sky is not
 
