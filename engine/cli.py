@@ -78,6 +78,25 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--mapping", type=Path, help='JSON {"model": {"CamVid class": ["model class", ...]}}')
     _model_dir(p)
     p.set_defaults(func=_eval)
+
+    p = sub.add_parser("track", help="re-track saved detections (MOT, MOTS or segengine JSON lines)",
+                       description="Track saved detections offline; the tracks come out in the input's format.")
+    p.add_argument("detections", type=Path, help="a MOT det.txt, a MOTS txt or a segengine --json file")
+    p.add_argument("-o", "--output", type=Path, required=True, help="the tracks file to write")
+    p.add_argument("--format", default="auto", choices=("auto", "mot", "mots", "jsonl"),
+                   help="the input's format (default: from the name and the first line)")
+    p.add_argument("--fps", type=float, help="MOT/MOTS frame rate (default: seqinfo.ini's frameRate, else 25)")
+    p.add_argument("--no-smooth", action="store_true", help="write each detection's own mask, not the smoothed one")
+    p.add_argument("--high", type=float, metavar="SCORE", help="confident detection score (default 0.5)")
+    p.add_argument("--low", type=float, metavar="SCORE", help="detections below this score are ignored (default 0.1)")
+    p.add_argument("--new-track", type=float, metavar="SCORE",
+                   help="score a detection needs to start a track (default 0.6)")
+    p.add_argument("--min-hits", type=_positive, metavar="N", help="detections before a track is reported (default 2)")
+    p.add_argument("--max-lost", type=float, metavar="SECONDS",
+                   help="how long a lost track can come back (default 1.5)")
+    p.add_argument("--mask-weight", type=float, metavar="WEIGHT", help="share of mask IoU in matching (default 0.5)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
+    p.set_defaults(func=_track)
     return parser
 
 
@@ -178,6 +197,24 @@ def _eval(args: argparse.Namespace) -> int:
     report = evaluate(args.name, args.images, args.labels, mapping=load_mapping(args.mapping),
                       dirs=_dirs(args), progress=sys.stderr.isatty())
     print(report.table())
+    return EXIT_OK
+
+
+_TRACKER_FLAGS = {"high": "high_score", "low": "low_score", "new_track": "new_track_score",
+                  "min_hits": "min_hits", "max_lost": "max_lost", "mask_weight": "mask_weight"}
+
+
+def _track(args: argparse.Namespace) -> int:
+    from engine.tracking.mask_tracker import TrackerConfig
+    from engine.tracking.offline import track_file
+
+    options = {name: getattr(args, flag) for flag, name in _TRACKER_FLAGS.items() if getattr(args, flag) is not None}
+    if args.no_smooth:
+        options["smoothing"] = 0.0
+    summary = track_file(args.detections, args.output, fmt=args.format, fps=args.fps,
+                         config=TrackerConfig(**options), progress=False if args.quiet else None)
+    if not args.quiet:
+        print(summary.line())
     return EXIT_OK
 
 

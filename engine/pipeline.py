@@ -32,7 +32,7 @@ from engine.results import decode
 from engine.sinks.base import Sink
 from engine.stats import RunStats
 from engine.tracking.base import Tracker
-from engine.tracking.iou import IouTracker
+from engine.tracking.mask_tracker import MaskTracker
 from engine.types import FrameResult, SourceInfo
 from models import zoo
 
@@ -65,7 +65,7 @@ class Pipeline:
         self.preset, self.model, self.classes, self.dirs = preset, model, classes, dirs
         self.choice: Choice = choose(backend)
         self.sinks = list(sinks)
-        self.tracker = tracker or IouTracker()
+        self.tracker = tracker or MaskTracker()
         self.lane_smoother = LaneSmoother()
         self.renderer = renderer or (OverlayRenderer() if render else None)
         self.max_frames = max_frames

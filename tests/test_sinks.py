@@ -238,7 +238,15 @@ def test_jsonl_errors(tmp_path: Path) -> None:
 
 def test_window_headless_says_how_to_fix(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DISPLAY", ":0")  # even with a display, a headless OpenCV cannot show windows
+    monkeypatch.setattr(window, "_gui_backend", lambda: None)  # as opencv-python-headless reports it
     with pytest.raises(SinkError, match="opencv-python instead of opencv-python-headless"):
+        window.WindowSink("test")
+
+
+def test_window_without_a_display_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    with pytest.raises(SinkError, match="no display"):
         window.WindowSink("test")
 
 

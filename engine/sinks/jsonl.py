@@ -131,6 +131,24 @@ class JsonlSink:
             raise SinkError(f"cannot write JSON lines to {self.name} at frame {result.frame.index}: "
                             + ("the disk is full" if full else str(exc))) from exc
 
+    def write_record(self, record: dict[str, Any]) -> None:
+        """One already-built object (the schema above) as a line, e.g. re-tracked results from a
+        saved file; the same whole-line guarantees as ``write``."""
+        if self._closed:
+            raise SinkError(f"JSON lines {self.name} is already closed")
+        line = json.dumps(record, separators=(",", ":")) + "\n"
+        try:
+            if self._file is not None:
+                self._write_whole(line.encode("utf-8"))
+            else:
+                assert self._stream is not None
+                self._stream.write(line)
+                self._stream.flush()
+        except OSError as exc:
+            full = exc.errno == errno.ENOSPC
+            raise SinkError(f"cannot write JSON lines to {self.name} at frame {record.get('frame')}: "
+                            + ("the disk is full" if full else str(exc))) from exc
+
     def _write_whole(self, data: bytes) -> None:
         view = memoryview(data)
         try:
@@ -167,3 +185,10 @@ def read_jsonl(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
         for line in f:
             if line.strip():
                 yield json.loads(line)
+
+
+def encode_mask(mask: np.ndarray) -> dict[str, Any]:
+    """``{"size": [h, w], "counts": str}`` COCO RLE of one H×W mask (bool, or nonzero = inside):
+    the inverse of ``decode_mask``. A column-major bool mask is encoded without a copy."""
+    rle = mask_utils.encode(np.asfortranarray((mask if mask.dtype == bool else mask != 0).view(np.uint8)))
+    return {"size": [int(mask.shape[0]), int(mask.shape[1])], "counts": rle["counts"].decode("ascii")}
