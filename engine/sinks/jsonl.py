@@ -116,24 +116,10 @@ class JsonlSink:
             self._stream, self.name = target, getattr(target, "name", "<stream>")
 
     def write(self, result: FrameResult) -> None:
-        if self._closed:
-            raise SinkError(f"JSON lines {self.name} is already closed")
-        line = json.dumps(to_record(result), separators=(",", ":")) + "\n"
-        try:
-            if self._file is not None:
-                self._write_whole(line.encode("utf-8"))
-            else:
-                assert self._stream is not None
-                self._stream.write(line)
-                self._stream.flush()
-        except OSError as exc:
-            full = exc.errno == errno.ENOSPC
-            raise SinkError(f"cannot write JSON lines to {self.name} at frame {result.frame.index}: "
-                            + ("the disk is full" if full else str(exc))) from exc
+        self.write_record(to_record(result))
 
     def write_record(self, record: dict[str, Any]) -> None:
-        """One already-built object (the schema above) as a line, e.g. re-tracked results from a
-        saved file; the same whole-line guarantees as ``write``."""
+        """One object of the schema above as a whole line (also for re-tracked saved results)."""
         if self._closed:
             raise SinkError(f"JSON lines {self.name} is already closed")
         line = json.dumps(record, separators=(",", ":")) + "\n"
