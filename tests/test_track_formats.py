@@ -18,8 +18,8 @@ import pytest
 from engine.errors import ConfigError
 from engine.sinks.jsonl import decode_mask, encode_mask, read_jsonl
 from engine.tracking.base import TrackedObjects
-from engine.tracking.formats import (MaskGrid, MotsWriter, MotWriter, detect_format, frame_rate,
-                                     read_frames)
+from engine.tracking.formats import MaskGrid, detect_format, frame_rate, read_frames
+from engine.tracking.writers import MotsWriter, MotWriter
 from engine.tracking.offline import track_file
 
 # pycocotools' decode, under numpy 2, warns about its own __array__: nothing of ours to fix

@@ -21,8 +21,8 @@ from engine.errors import ConfigError
 from engine.sinks.jsonl import encode_mask
 from engine.tracking.association import BoxGrid
 from engine.tracking.base import TrackedObjects
-from engine.tracking.formats import (FORMATS, GRID_FACTOR, FrameDets, detect_format, frame_rate, open_writer,
-                                     read_frames)
+from engine.tracking.formats import FORMATS, GRID_FACTOR, FrameDets, detect_format, frame_rate, read_frames
+from engine.tracking.writers import open_writer
 from engine.tracking.mask_tracker import MaskTracker, TrackerConfig
 
 _SUFFIXES = {"mot": ".txt", "mots": ".txt", "jsonl": ".jsonl"}
