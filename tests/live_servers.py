@@ -451,6 +451,8 @@ class HttpServer:
             index += 1
             # Paced on the start time, not per frame, so the rate does not drift.
             self._stopping.wait(max(0.0, started + index / self.mjpeg_fps - time.monotonic()))
+        if not self._stopping.is_set():
+            h.wfile.write(b"--frame--\r\n")  # the closing delimiter: a clean end of the multipart body
 
     def _stall(self, h: _Handler, file: Path, after: int, stall_for: float) -> None:
         data = file.read_bytes()
