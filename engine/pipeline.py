@@ -21,7 +21,7 @@ from pathlib import Path
 
 from engine.backends.base import Backend
 from engine.backends.select import Choice, choose, open_backend
-from engine.capture.base import Source, SourceTimeout
+from engine.capture.base import Source, SourceOptions, SourceTimeout
 from engine.capture.factory import open_source
 from engine.capture.thread import CaptureThread
 from engine.errors import EndOfStream
@@ -60,8 +60,9 @@ class Pipeline:
                  classes: Path | None = None, backend: str = "auto", sinks: Sequence[Sink] = (), render: bool = True,
                  tracker: Tracker | None = None, renderer: Renderer | None = None,
                  max_frames: int | None = None, queue_size: int = 4, dirs: zoo.WeightDirs | None = None,
-                 deadline: float = 5.0) -> None:
-        self.source = open_source(source) if isinstance(source, str) else source
+                 deadline: float = 5.0, loop: bool = False, source_options: SourceOptions | None = None) -> None:
+        self.source = (open_source(source, loop=loop, options=source_options) if isinstance(source, str)
+                       else source)
         self.preset, self.model, self.classes, self.dirs = preset, model, classes, dirs
         self.choice: Choice = choose(backend)
         self.sinks = list(sinks)
@@ -118,7 +119,7 @@ class Pipeline:
         self._capture.stop(timeout=max(0.1, end - time.monotonic()))
         if self._infer_thread.is_alive():
             self._infer_thread.join(timeout=max(0.1, end - time.monotonic()))
-        self.stats.dropped = self._capture.dropped
+        self.stats.source = self._capture.status
         errors = []
         for sink in self.sinks:
             try:
@@ -198,6 +199,7 @@ class Pipeline:
         if result.lane_mask is not None:
             result = replace(result, lanes=self.lane_smoother.update(fit_lanes(result.lane_mask)))
         timings["post"] = time.perf_counter() - t
+        result = replace(result, source=self._capture.status)
         now = time.monotonic()
         self._done_times.append(now)
         if self.renderer is not None:

@@ -10,11 +10,16 @@ from types import FrameType
 
 from tqdm import tqdm
 
+from engine.capture.base import SourceOptions
 from engine.capture.factory import open_source
+from engine.capture.redact import Redactor
+from engine.logs import configure as configure_logging
 from engine.pipeline import Pipeline
 from engine.sinks.factory import open_sinks
 
-EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM = 0, 130, 143
+# 3: the run finished, but the input was damaged (corrupt frames skipped, or a file that ended
+# before its declared length): the outputs are complete for what could be read.
+EXIT_OK, EXIT_DAMAGED, EXIT_SIGINT, EXIT_SIGTERM = 0, 3, 130, 143
 
 
 class _Signals:
@@ -43,9 +48,16 @@ class _Signals:
         self.pipeline.stop()
 
 
+def source_options(args: argparse.Namespace) -> SourceOptions:
+    return SourceOptions(open_timeout=args.open_timeout, read_timeout=args.read_timeout, stall=args.stall,
+                         frozen_check=not args.no_frozen_check, reconnect=args.reconnect,
+                         rtsp_transport=args.rtsp_transport, camera_backend=args.camera_backend)
+
+
 def run(args: argparse.Namespace) -> int:
     from models.zoo import WeightDirs
 
+    configure_logging(Redactor.for_url(args.source), verbose=args.verbose)
     if args.model is not None:  # a wrong model file is said before anything starts
         from engine.graph.custom import inspect_onnx
 
@@ -54,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
         from engine.graph.compose import model_names
 
         model_names(args.preset)
-    source = open_source(args.source)
+    source = open_source(args.source, loop=args.loop, options=source_options(args))
     source.open()
     info = source.info
     sinks = open_sinks(output=args.output, json=args.json, show=args.show, image_dir=args.images_out, info=info)
@@ -77,4 +89,7 @@ def run(args: argparse.Namespace) -> int:
         print(pipeline.stats.table(), file=sys.stderr)
     if signals.received is not None:
         return EXIT_SIGINT if signals.received == signal.SIGINT else EXIT_SIGTERM
+    if pipeline.stats.source.damaged:
+        print(f"segengine: the input was damaged: {pipeline.stats.source.line()}", file=sys.stderr)
+        return EXIT_DAMAGED
     return EXIT_OK

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from engine.types import SourceStatus
+
 _LOW, _HIGH, _STEP = 1e-5, 1e3, 1.01  # 10 µs .. 1000 s in 1 % steps
 _BINS = int(math.log(_HIGH / _LOW) / math.log(_STEP)) + 2
 
@@ -36,7 +38,7 @@ class RunStats:
     started: float = 0.0  # the pipeline started (graph loading included)
     first: float = 0.0  # the first result was done
     finished: float = 0.0
-    dropped: int = 0
+    source: SourceStatus = field(default_factory=SourceStatus)  # the source's health at the end
     stages: dict[str, Histogram] = field(default_factory=dict)
 
     def add(self, timings: dict[str, float], done: float) -> None:
@@ -47,6 +49,10 @@ class RunStats:
             self.stages.setdefault(stage, Histogram()).add(seconds)
 
     @property
+    def dropped(self) -> int:
+        return self.source.dropped
+
+    @property
     def fps(self) -> float:
         """Steady-state throughput: frames after the first over the time they took."""
         elapsed = self.finished - self.first
@@ -55,6 +61,7 @@ class RunStats:
     def table(self) -> str:
         lines = [f"frames {self.frames}  dropped {self.dropped}  start-up {self.first - self.started:.1f} s  "
                  f"then {self.finished - self.first:.1f} s  throughput {self.fps:.2f} fps",
+                 f"source {self.source.line()}",
                  f"{'stage':<10} {'p50 ms':>8} {'p99 ms':>8}"]
         for stage, hist in self.stages.items():
             lines.append(f"{stage:<10} {hist.percentile(50) * 1e3:8.1f} {hist.percentile(99) * 1e3:8.1f}")

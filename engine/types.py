@@ -19,6 +19,7 @@ from engine.geometry import Placement
 from engine.graph.readout import box_masks, map_to_frame
 
 Memory = Literal["host", "pinned", "device"]
+SourceState = Literal["idle", "streaming", "reconnecting", "ended", "failed", "closed"]
 
 
 def _check(cond: bool, what: str, expected: str, actual: object) -> None:
@@ -56,6 +57,30 @@ class SourceInfo:
     fps: Fraction | None = None  # nominal, for writers; timing always comes from pts
     frame_count: int | None = None  # when the container knows it
     time_base: Fraction | None = None  # the container's, so writers can keep exact timestamps
+
+
+@dataclass(frozen=True)
+class SourceStatus:
+    """A source's health at one moment; sources replace it (never mutate it), so a reader on
+    another thread always sees one consistent snapshot."""
+
+    state: SourceState = "idle"
+    frames: int = 0  # frames the source handed out
+    dropped: int = 0  # frames dropped to keep a live feed's latency bounded (the capture thread's)
+    skipped: int = 0  # corrupt frames or packets left out (rate-limited warnings say where)
+    reconnects: int = 0  # successful reconnections of a live source
+    gaps: int = 0  # jumps in the stream's time (an outage, lost packets, a timestamp discontinuity)
+    partial: str | None = None  # why a file ended before its declared length, when it did
+
+    @property
+    def damaged(self) -> bool:
+        """Frames of the input were lost to corruption or truncation."""
+        return self.skipped > 0 or self.partial is not None
+
+    def line(self) -> str:
+        text = (f"{self.state}: {self.frames} frames read, {self.dropped} dropped, {self.skipped} skipped "
+                f"(corrupt), {self.reconnects} reconnects, {self.gaps} gaps")
+        return text + (f"; partial: {self.partial}" if self.partial else "")
 
 
 @dataclass(frozen=True, eq=False)
@@ -149,6 +174,7 @@ class FrameResult:
     semantic: SemanticMap | None = None
     timings: Mapping[str, float] = field(default_factory=dict)  # seconds per stage
     rendered: np.ndarray | None = None  # the overlay, once the renderer ran
+    source: SourceStatus | None = None  # the source's health when this frame was finished
 
     def with_timing(self, stage: str, seconds: float) -> FrameResult:
         return replace(self, timings={**self.timings, stage: seconds})

@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import pytest
 
-from engine.capture.base import Source, SourceTimeout
+from engine.capture.base import Source, SourceStatus, SourceTimeout
 from engine.capture.factory import LoopingSource, open_source
 from engine.capture.images import ImageFolderSource
 from engine.capture.pyav import PyAVFileSource
@@ -348,6 +348,10 @@ class Faulty:
         self.error, self.good, self.closed = error, good, threading.Event()
         self.info = SourceInfo(name="faulty", live=False)
         self._inner = SyntheticSource(width=32, height=32, frames=None)
+
+    @property
+    def status(self) -> SourceStatus:
+        return self._inner.status
 
     def open(self) -> None:
         if self.good is None:

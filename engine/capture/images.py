@@ -12,6 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from engine.capture.base import SourceStatus
 from engine.errors import ConfigError, EndOfStream, SourceError
 from engine.types import Frame, SourceInfo
 
@@ -73,6 +74,12 @@ class ImageFolderSource:
     @property
     def info(self) -> SourceInfo:
         return self._info
+
+    @property
+    def status(self) -> SourceStatus:
+        ended = self._paths is not None and self._index >= len(self._paths)
+        state = "closed" if self._closed else "ended" if ended else "streaming" if self._paths else "idle"
+        return SourceStatus(state=state, frames=self._index)
 
     def open(self) -> None:
         if self._closed:

@@ -15,7 +15,7 @@ from fractions import Fraction
 import cv2
 import numpy as np
 
-from engine.capture.base import SourceTimeout
+from engine.capture.base import SourceStatus, SourceTimeout
 from engine.errors import ConfigError, EndOfStream, SourceError
 from engine.types import Frame, SourceInfo
 
@@ -106,6 +106,13 @@ class SyntheticSource:
     @property
     def info(self) -> SourceInfo:
         return self._info
+
+    @property
+    def status(self) -> SourceStatus:
+        ended = self._frames is not None and self._index >= self._frames
+        state = "closed" if self._closed.is_set() else "ended" if ended else \
+            "streaming" if self._opened_at is not None else "idle"
+        return SourceStatus(state=state, frames=self._index)
 
     def boxes(self, index: int) -> np.ndarray:
         """Ground truth at ``index``: float32 (objects, 4) xyxy in pixels, clipped to the frame,

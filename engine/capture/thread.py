@@ -12,11 +12,11 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Literal
 
-from engine.capture.base import Source, SourceTimeout
+from engine.capture.base import Source, SourceStatus, SourceTimeout
 from engine.errors import ConfigError, EndOfStream, SourceError
 from engine.types import Frame
 
@@ -57,6 +57,11 @@ class CaptureThread:
 
     def is_alive(self) -> bool:
         return self._thread.is_alive()
+
+    @property
+    def status(self) -> SourceStatus:
+        """The source's health with this thread's drop count; safe to read from any thread."""
+        return replace(self._source.status, dropped=self.dropped)
 
     def get(self, timeout: float) -> Frame:
         """The next frame; raises EndOfStream after the last one, the source's own exception if
@@ -108,6 +113,8 @@ class CaptureThread:
     def _run(self) -> None:
         try:
             self._source.open()
+            # Some sources learn whether they are live only by connecting (HTTP: a file or a feed).
+            self.policy = "latest" if self._source.info.live else "lossless"
             while not self._stop.is_set():
                 try:
                     frame = self._source.read(self._read_timeout)

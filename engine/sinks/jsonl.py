@@ -12,7 +12,10 @@ Schema (every key is always present; a part the pipeline did not compute is ``nu
          "box": [x1, y1, x2, y2],      # frame pixels, 2 decimals
          "mask": {"size": [h, w], "counts": "..."}}],  # COCO RLE at frame resolution
      "lanes": [[[x, y], ...], ...],    # polylines in frame pixels, top to bottom; null when not run
-     "timings_ms": {"infer": 12.345}}  # per stage
+     "timings_ms": {"infer": 12.345},  # per stage
+     "source": {"state": "streaming",  # the source's health when the frame was finished (null if unknown):
+                "frames": 12, "dropped": 0, "skipped": 0,  # read; dropped for latency; corrupt, left out
+                "reconnects": 0, "gaps": 0, "partial": null}}  # live reconnections; time jumps; early end
 
 ``decode_mask(instance["mask"])`` gives the bool H×W mask back (pycocotools' own RLE, so any
 COCO tool reads it too); ``read_jsonl(path)`` iterates the objects.
@@ -24,6 +27,7 @@ last whole line, so readers never see half an object.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import os
@@ -88,7 +92,8 @@ def to_record(result: FrameResult) -> dict[str, Any]:
             "size": list(frame.size),
             "instances": _instances(result.instances) if result.instances is not None else None,
             "lanes": _lanes(result.lanes) if result.lanes is not None else None,
-            "timings_ms": {stage: round(s * 1000.0, 3) for stage, s in result.timings.items()}}
+            "timings_ms": {stage: round(s * 1000.0, 3) for stage, s in result.timings.items()},
+            "source": dataclasses.asdict(result.source) if result.source is not None else None}
 
 
 class JsonlSink:
