@@ -1,0 +1,157 @@
+"""The memory interface on NVIDIA's cuda-python runtime bindings (Jetson images without a CUDA torch).
+
+Written against cuda-python's documented ``cudart`` API (every call returns ``(error, *values)``);
+not run in this project's CI, which has no GPU.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Callable
+
+import numpy as np
+
+from engine.backends.cuda import Buffer, GpuInfo, Ledger
+from engine.errors import BackendError
+
+try:  # cuda-python 12.6+ moved the bindings; older releases keep `cuda.cudart`
+    from cuda.bindings import runtime as cudart
+except ImportError:  # pragma: no cover - depends on the installed release
+    from cuda import cudart  # type: ignore[no-redef]
+
+
+def _check(result: tuple) -> object:
+    """cudart calls return (error, *values): raise on error, return the value(s)."""
+    error, *values = result
+    if int(error) != 0:
+        _, name = cudart.cudaGetErrorName(error)
+        raise BackendError(f"CUDA error {name.decode() if isinstance(name, bytes) else name}")
+    return values[0] if len(values) == 1 else tuple(values) if values else None
+
+
+class CudaStream:
+    def __init__(self) -> None:
+        self.obj = _check(cudart.cudaStreamCreateWithFlags(cudart.cudaStreamNonBlocking))
+        self.handle = int(self.obj)
+
+    def synchronize(self) -> None:
+        _check(cudart.cudaStreamSynchronize(self.obj))
+
+
+class CudaEvent:
+    def __init__(self) -> None:
+        self.obj = _check(cudart.cudaEventCreateWithFlags(cudart.cudaEventDisableTiming))
+
+    def record(self, stream: CudaStream) -> None:  # type: ignore[override]
+        _check(cudart.cudaEventRecord(self.obj, stream.obj))
+
+    def query(self) -> bool:
+        (error,) = cudart.cudaEventQuery(self.obj)
+        if error == cudart.cudaError_t.cudaErrorNotReady:
+            return False
+        _check((error,))
+        return True
+
+    def synchronize(self) -> None:
+        _check(cudart.cudaEventSynchronize(self.obj))
+
+
+class CudaGraph:
+    def __init__(self, graph: object, exec_: object) -> None:
+        self.graph, self.exec_ = graph, exec_
+
+    def launch(self, stream: CudaStream) -> None:  # type: ignore[override]
+        _check(cudart.cudaGraphLaunch(self.exec_, stream.obj))
+
+
+class CudaPythonMemory:
+    kind = "cuda-python"
+
+    def __init__(self, device: int = 0) -> None:
+        count = _check(cudart.cudaGetDeviceCount())
+        if not count:
+            raise BackendError("cuda-python finds no CUDA device (is the NVIDIA driver loaded?)")
+        _check(cudart.cudaSetDevice(device))
+        self._device = device
+        self.ledger = Ledger()
+        self._graphs: list[CudaGraph] = []
+        self._streams: list[CudaStream] = []  # destroyed in close(), with the events
+        self._events: list[CudaEvent] = []
+        self._closed = False
+
+    def gpu(self) -> GpuInfo:
+        props = _check(cudart.cudaGetDeviceProperties(self._device))
+        name = props.name.decode() if isinstance(props.name, bytes) else str(props.name)
+        return GpuInfo(name.rstrip("\x00"), f"{props.major}.{props.minor}", int(props.totalGlobalMem))
+
+    def pinned(self, nbytes: int) -> Buffer:
+        ptr = int(_check(cudart.cudaHostAlloc(max(nbytes, 1), cudart.cudaHostAllocDefault)))
+        raw = (ctypes.c_uint8 * max(nbytes, 1)).from_address(ptr)
+        return self.ledger.add(Buffer(ptr, nbytes, "pinned", array=np.frombuffer(raw, np.uint8)))
+
+    def device(self, nbytes: int) -> Buffer:
+        ptr = int(_check(cudart.cudaMalloc(max(nbytes, 1))))
+        return self.ledger.add(Buffer(ptr, nbytes, "device"))
+
+    def stream(self) -> CudaStream:
+        stream = CudaStream()
+        self._streams.append(stream)
+        return stream
+
+    def event(self) -> CudaEvent:
+        event = CudaEvent()
+        self._events.append(event)
+        return event
+
+    def to_device(self, dst: Buffer, src: Buffer, nbytes: int, stream: CudaStream) -> None:  # type: ignore[override]
+        _check(cudart.cudaMemcpyAsync(dst.ptr, src.ptr, nbytes, cudart.cudaMemcpyKind.cudaMemcpyHostToDevice,
+                                      stream.obj))
+
+    def to_host(self, dst: Buffer, src: Buffer, nbytes: int, stream: CudaStream) -> None:  # type: ignore[override]
+        _check(cudart.cudaMemcpyAsync(dst.ptr, src.ptr, nbytes, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost,
+                                      stream.obj))
+
+    def wait(self, stream: CudaStream, event: CudaEvent) -> None:  # type: ignore[override]
+        _check(cudart.cudaStreamWaitEvent(stream.obj, event.obj, 0))
+
+    def capture(self, stream: CudaStream, work: Callable[[], None]) -> CudaGraph | None:  # type: ignore[override]
+        _check(cudart.cudaStreamBeginCapture(stream.obj, cudart.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal))
+        failed = False
+        try:
+            work()
+        except Exception:  # the engine's work cannot be captured: it is launched directly instead
+            failed = True
+        try:
+            graph = _check(cudart.cudaStreamEndCapture(stream.obj))
+        except BackendError:
+            return None  # capture invalidated (e.g. an allocation inside the work)
+        try:
+            if failed:
+                raise BackendError("capture failed")
+            exec_ = _check(cudart.cudaGraphInstantiate(graph, 0))
+        except BackendError:
+            _check(cudart.cudaGraphDestroy(graph))
+            return None
+        captured = CudaGraph(graph, exec_)
+        self._graphs.append(captured)
+        return captured
+
+    def free(self, buffer: Buffer) -> None:
+        self.ledger.take(buffer)
+        buffer.array = None  # the view would point at freed memory
+        _check(cudart.cudaFreeHost(buffer.ptr) if buffer.where == "pinned" else cudart.cudaFree(buffer.ptr))
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        _check(cudart.cudaDeviceSynchronize())  # nothing may still read memory we give back
+        for captured in self._graphs:
+            _check(cudart.cudaGraphExecDestroy(captured.exec_))
+            _check(cudart.cudaGraphDestroy(captured.graph))
+        for buffer in self.ledger.remaining():
+            self.free(buffer)
+        for event in self._events:
+            _check(cudart.cudaEventDestroy(event.obj))
+        for stream in self._streams:
+            _check(cudart.cudaStreamDestroy(stream.obj))
+        self._closed = True
