@@ -235,7 +235,6 @@ class GraphMemory(HostMemory):
 
     def capture(self, stream, work):  # type: ignore[override]
         self.captured += 1
-        executor = work.__closure__  # noqa: F841 - the work closes over the executor: replay it as is
         snapshot = dict(self._executor.bound)
 
         class Replay:
