@@ -96,6 +96,12 @@ class RtspServer:
         return f"rtsp://{credentials}@{HOST}:{self.port}{self.path}"
 
     @property
+    def pid(self) -> int:
+        """The server process (SIGSTOP freezes it: a server that stalls with its sockets open)."""
+        assert self._proc is not None, "server not started"
+        return self._proc.pid
+
+    @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
@@ -418,12 +424,18 @@ class HttpServer:
                 h.send_response(416)
                 h.send_header("Content-Range", f"bytes */{len(data)}")
                 h.send_header("Content-Length", "0")
+                h.send_header("Connection", "close")
+                h.close_connection = True
                 h.end_headers()
                 return
         h.send_response(206 if ranged.startswith("bytes=") else 200)
         h.send_header("Content-Type", _content_type(file))
         h.send_header("Accept-Ranges", "bytes")
         h.send_header("Content-Length", str(end - start + 1))
+        if h.close_connection:
+            # The client asked for Connection: close (FFmpeg's http does, outside HLS). Say we close
+            # too, or FFmpeg takes the connection as reusable, sends its seek on it and races our close.
+            h.send_header("Connection", "close")
         if ranged.startswith("bytes="):
             h.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
         h.end_headers()

@@ -173,7 +173,7 @@ def _builder(text: str, options: SourceOptions) -> Callable[[], Source]:
     if not text.strip():
         raise ConfigError("empty source; use one of: " + "; ".join(FORMS))
     if text.strip().isdigit() or _DEVICE.match(text):
-        device = text.strip()
+        device = text.strip() if text.strip().isdigit() else _DEVICE.match(text).group(1)  # type: ignore[union-attr]
         return lambda: _camera(device, options)
     if " ! " in text and not _SCHEME.match(text):  # a bare GStreamer pipeline
         return lambda: _gst("gst://" + text, options)

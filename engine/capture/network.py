@@ -52,15 +52,12 @@ def network_source(url: str, options: SourceOptions) -> Source:
         detail = redactor(str(exc))
         if isinstance(exc, av.error.ProtocolNotFoundError):
             return SourceError(f"cannot open {name}: {_NO_PROTOCOL_FIX.get(scheme, 'protocol not supported')}")
-        if isinstance(exc, (av.error.ExitError, av.error.TimeoutError)):
-            return SourceError(f"cannot open {name}: no answer within the {options.open_timeout:g} s open timeout "
-                               f"(is the server up and is this its address and path?)")
-        if isinstance(exc, av.error.HTTPUnauthorizedError) or "401" in detail:
-            return SourceError(f"cannot open {name}: the server refused the credentials (401 Unauthorized); "
-                               f"check user and password in the URL")
+        if isinstance(exc, (av.error.HTTPUnauthorizedError, av.error.HTTPForbiddenError)):
+            return SourceError(f"cannot open {name}: the server refused the credentials "
+                               f"({exc.strerror or 'unauthorized'}); check user and password in the URL")
         if isinstance(exc, ConnectionRefusedError):
             return SourceError(f"cannot open {name}: connection refused (nothing listens at that host and port)")
-        if isinstance(exc, av.error.HTTPNotFoundError) or "404" in detail:
+        if isinstance(exc, av.error.HTTPNotFoundError):
             return SourceError(f"cannot open {name}: the server has no stream at that path (404 Not Found)")
         return SourceError(f"cannot open {name}: {detail}")
 

@@ -116,9 +116,16 @@ class PyAVSource:
         self._status = replace(self._status, state="streaming")
 
     def _open_container(self) -> av.container.InputContainer:
+        started = time.monotonic()
         try:
             return av.open(self._target, mode="r", format=self._fmt, options=self._options, timeout=self._timeout)
         except av.error.FFmpegError as exc:
+            # Interrupted by the open timeout: FFmpeg's demuxers report it variously (exit, timeout,
+            # even "invalid data" for RTSP), so the clock says what happened.
+            if self._timeout and (isinstance(exc, (av.error.ExitError, av.error.TimeoutError))
+                                  or time.monotonic() - started >= 0.9 * self._timeout[0]):
+                raise SourceError(f"cannot open {self._name}: no answer within the {self._timeout[0]:g} s open "
+                                  f"timeout (is the server up, and is this its address and path?)") from None
             raise self._explain(exc) from None
         except OSError as exc:
             raise SourceError(f"cannot open {self._name}: {self._redact(str(exc))}") from None

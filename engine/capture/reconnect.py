@@ -29,6 +29,14 @@ _JUMP_S = 5.0  # stream time running this far ahead of the wall clock is a disco
 _MIN_STEP_S = 1e-3  # the least a restamped frame moves forward
 
 
+def backoff_delay(attempts: int, base: float, cap: float, rng: random.Random) -> float:
+    """Seconds before the next try after ``attempts`` failures in a row: exponential, capped,
+    with "equal jitter" (between half and all of it) so clients that lost one server together
+    do not all come back in the same instant."""
+    ceiling = min(cap, base * 2 ** min(attempts, 30))
+    return ceiling * (0.5 + 0.5 * rng.random())
+
+
 class ReconnectingSource:
     def __init__(self, make: Callable[[], Source], options: SourceOptions, *, name: str,
                  rng: random.Random | None = None) -> None:
@@ -123,9 +131,7 @@ class ReconnectingSource:
         log.warning("%s: disconnected (%s); reconnecting in %.1f s", self._info.name, reason, delay)
 
     def _schedule(self) -> float:
-        """Exponential backoff from the attempts in a row, capped, with 'equal jitter'."""
-        ceiling = min(self._options.backoff_cap, self._options.backoff * 2 ** min(self._attempts, 30))
-        delay = ceiling * (0.5 + 0.5 * self._rng.random())
+        delay = backoff_delay(self._attempts, self._options.backoff, self._options.backoff_cap, self._rng)
         self._next_try = time.monotonic() + delay
         return delay
 
