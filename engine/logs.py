@@ -22,9 +22,9 @@ class _Format(logging.Formatter):
         return f"{who}: {super().format(record)}"
 
 
-def configure(redactor: Redactor, *, verbose: bool = False) -> None:
+def configure(redactor: Redactor, *, verbose: bool = False) -> logging.Handler:
     """Route warnings (and with ``verbose`` info and FFmpeg's warnings) to stderr, redacted.
-    Calling it again replaces the handler it installed, never stacks another."""
+    Calling it again replaces the handler it installed, never stacks another; returns it."""
     root = logging.getLogger()
     for handler in [h for h in root.handlers if h.get_name() == _HANDLER]:
         root.removeHandler(handler)
@@ -35,4 +35,6 @@ def configure(redactor: Redactor, *, verbose: bool = False) -> None:
     root.addHandler(handler)
     logging.getLogger("segengine").setLevel(logging.INFO if verbose else logging.WARNING)
     if verbose:
+        logging.getLogger("libav").setLevel(logging.WARNING)
         av.logging.set_level(av.logging.WARNING)
+    return handler

@@ -35,21 +35,19 @@ class Redactor:
 
     @classmethod
     def for_url(cls, url: str) -> Redactor:
-        found: set[str] = set()
         try:
             parts = urlsplit(url)
-            user, password = parts.username, parts.password
+            user, password = parts.username or "", parts.password
         except ValueError:
             return cls()
-        if password:
-            for value in (password, unquote(password)):
-                found.add(value)
-            for u, p in ((user or "", password), (unquote(user or ""), unquote(password))):
-                found.add(base64.b64encode(f"{u}:{p}".encode()).decode())  # HTTP Basic, in debug logs
-        for match in _PARAM.finditer(parts.query and "?" + parts.query or ""):
+        found: set[str] = set()
+        if password and len(unquote(password)) >= _MIN_SECRET:
+            for u, p in ((user, password), (unquote(user), unquote(password))):
+                found.update((p, base64.b64encode(f"{u}:{p}".encode()).decode()))  # HTTP Basic, in debug logs
+        for match in _PARAM.finditer("?" + parts.query if parts.query else ""):
             value = match.string[match.end("name"):match.end()]
-            found.update((value, unquote(value)))
-        return cls(tuple(sorted((s for s in found if len(s) >= _MIN_SECRET), key=len, reverse=True)))
+            found.update(v for v in (value, unquote(value)) if len(v) >= _MIN_SECRET)
+        return cls(tuple(sorted(found, key=len, reverse=True)))  # longest first: no partial masks
 
     def __call__(self, text: str) -> str:
         text = redact(text)
