@@ -44,7 +44,7 @@ class _Logger(trt.ILogger):
         self.errors: list[str] = []
 
     def log(self, severity: trt.ILogger.Severity, msg: str) -> None:
-        if severity <= trt.ILogger.Severity.ERROR:
+        if severity in (trt.ILogger.Severity.INTERNAL_ERROR, trt.ILogger.Severity.ERROR):
             self.errors.append(msg)
 
 
