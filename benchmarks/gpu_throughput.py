@@ -122,7 +122,10 @@ def main() -> int:
     print(f"machine: {env.cuda_device or env.jetson} (compute {env.compute_capability}), driver {env.driver}, "
           f"TensorRT {env.tensorrt_version}, torch {env.torch_version}, python {platform.python_version()}")
     for i in range(args.repeat):
-        bare = bare_tensorrt(graph, label, frames) if args.backend == "tensorrt" else bare_torch(args.preset, size, frames)
+        if args.backend == "tensorrt":
+            bare = bare_tensorrt(graph, label, frames)
+        else:
+            bare = bare_torch(args.preset, size, frames)
         best = max(float(v) for k, v in bare.items() if k in ("infer", "submit/collect"))  # type: ignore[arg-type]
         e2e = end_to_end(args.video, args.preset, args.backend, len(frames))
         parts = ", ".join(f"{k} {v:.1f} fps" if isinstance(v, float) else f"{k} {v}" for k, v in bare.items())
