@@ -169,6 +169,8 @@ class RtspServer:
         if proc is not None:
             if proc.poll() is None:
                 proc.send_signal(sig)
+                if sig != signal.SIGKILL:
+                    proc.send_signal(signal.SIGCONT)  # a SIGSTOPped (frozen) server must wake to exit
                 try:
                     proc.wait(timeout=grace if grace > 0 else 5.0)
                 except subprocess.TimeoutExpired:

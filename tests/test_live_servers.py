@@ -6,6 +6,7 @@ If these pass, a failing capture test is the capture code's fault, not the serve
 from __future__ import annotations
 
 import os
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -90,7 +91,7 @@ def test_rtsp_killed_then_restarted_on_the_same_port() -> None:
         try:
             decoded = container.decode(video=0)
             next(decoded)
-            pid = server._proc.pid if server._proc else -1
+            pid = server.pid
             server.kill()
             assert not server.running
             with pytest.raises(ProcessLookupError):
@@ -107,6 +108,18 @@ def test_rtsp_killed_then_restarted_on_the_same_port() -> None:
         assert server.port == port and len(frames_of(server.url, 2, options=TCP)) == 2
         server.restart()  # SIGTERM, then the same port again at once
         assert server.port == port and len(frames_of(server.url, 2, options=TCP)) == 2
+
+
+@needs_rtsp
+def test_rtsp_stop_ends_a_frozen_server_promptly() -> None:
+    server = RtspServer().start()
+    pid = server.pid
+    os.kill(pid, signal.SIGSTOP)
+    started = time.monotonic()
+    server.stop()  # SIGTERM + SIGCONT: exits cleanly instead of waiting out the grace period
+    assert time.monotonic() - started < 3
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
 
 
 @needs_rtsp
@@ -136,11 +149,17 @@ def test_http_hls_decodes_fully(http: HttpServer, media: Path) -> None:
 
 
 def test_http_range_request(http: HttpServer, media: Path) -> None:
+    import urllib.error
     import urllib.request
 
-    request = urllib.request.Request(http.url("clip.mp4"), headers={"Range": "bytes=10-19"})
-    with urllib.request.urlopen(request, timeout=5) as reply:
-        assert reply.status == 206 and reply.read() == (media / "clip.mp4").read_bytes()[10:20]
+    data = (media / "clip.mp4").read_bytes()
+    for ranged, expected in (("bytes=10-19", data[10:20]), ("bytes=-5", data[-5:]), ("bytes=100-", data[100:])):
+        request = urllib.request.Request(http.url("clip.mp4"), headers={"Range": ranged})
+        with urllib.request.urlopen(request, timeout=5) as reply:
+            assert reply.status == 206 and reply.read() == expected
+    beyond = urllib.request.Request(http.url("clip.mp4"), headers={"Range": f"bytes={len(data)}-"})
+    with pytest.raises(urllib.error.HTTPError, match="416"):
+        urllib.request.urlopen(beyond, timeout=5)
 
 
 # --- MJPEG ----------------------------------------------------------------------------------------
