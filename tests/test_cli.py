@@ -73,3 +73,21 @@ def test_export_raw_has_upstreams_interface(name: str, env: dict[str, str], tmp_
     assert inp.name == "input" and dims == [1, 3, *card.input_size]
     assert inp.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     assert [o.name for o in model.graph.output] == list(card.raw_outputs)
+
+
+def test_run_source_flags_reach_the_source_options() -> None:
+    from engine.capture.base import SourceOptions
+    from engine.cli import _parser
+    from engine.run import source_options
+
+    args = _parser().parse_args(["run", "rtsp://h/x", "--open-timeout", "3", "--read-timeout", "1.5", "--stall", "0",
+                                 "--no-frozen-check", "--reconnect", "4", "--rtsp-transport", "udp",
+                                 "--camera-backend", "pyav", "--loop"])
+    assert args.loop and source_options(args) == SourceOptions(
+        open_timeout=3, read_timeout=1.5, stall=0, frozen_check=False, reconnect=4, rtsp_transport="udp",
+        camera_backend="pyav")
+    assert source_options(_parser().parse_args(["run", "x"])) == SourceOptions()
+    for bad in (["--stall", "-1"], ["--open-timeout", "0"], ["--read-timeout", "soon"], ["--reconnect", "0"]):
+        with pytest.raises(SystemExit) as exit_:
+            _parser().parse_args(["run", "x", *bad])
+        assert exit_.value.code == 2

@@ -19,7 +19,7 @@ from engine.capture.synthetic import SyntheticSource
 from engine.errors import SourceError
 from engine.pipeline import Pipeline
 from engine.sinks.jsonl import JsonlSink, read_jsonl
-from engine.types import Frame, SourceInfo
+from engine.types import Frame, SourceInfo, SourceStatus
 from models import zoo
 
 
@@ -96,6 +96,10 @@ class _Failing:
     @property
     def info(self) -> SourceInfo:
         return self.inner.info
+
+    @property
+    def status(self) -> SourceStatus:
+        return self.inner.status
 
     def open(self) -> None:
         self.inner.open()
@@ -190,3 +194,52 @@ def test_torch_backend_runs_the_same_graph(dirs: zoo.WeightDirs) -> None:
     with Pipeline(source, backend="torch", render=False, dirs=dirs) as pipeline:
         results = list(pipeline)
     assert len(results) == 3 and all(r.drivable is not None and r.instances is not None for r in results)
+
+
+def test_rotated_video_is_processed_upright_with_aligned_masks(shared: Path, dirs: zoo.WeightDirs,
+                                                               tmp_path: Path) -> None:
+    """A phone-style file (pixels stored sideways, a display rotation in the metadata) gives the
+    same frames, boxes and masks as the upright file: one policy, applied at decode."""
+    with av.open(str(shared / "data" / "videos" / "udacity_lanelines_solidWhiteRight.mp4")) as container:
+        images = [f.to_ndarray(format="rgb24") for _, f in zip(range(3), container.decode(video=0))]
+
+    def write(path: Path, stored: list[np.ndarray], rotation: int | None) -> Path:
+        with av.open(str(path), "w") as out:  # lossless, so both files decode to the very same pixels
+            stream = out.add_stream("libx264", rate=25, options={"qp": "0"})
+            stream.height, stream.width = stored[0].shape[:2]
+            stream.pix_fmt = "yuv444p"
+            if rotation is not None:
+                stream.set_display_rotation(rotation)
+            for image in stored:
+                out.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")))
+            out.mux(stream.encode())
+        return path
+
+    upright = write(tmp_path / "upright.mp4", images, None)
+    sideways = write(tmp_path / "sideways.mp4", [np.rot90(i, -1) for i in images], 90)
+    runs = []
+    for path in (upright, sideways):
+        with Pipeline(str(path), render=False, dirs=dirs) as pipeline:
+            runs.append(list(pipeline))
+    for a, b in zip(*runs):
+        assert b.frame.size == (540, 960) and np.array_equal(a.frame.image, b.frame.image)
+        assert a.instances is not None and b.instances is not None and len(a.instances) > 0
+        assert np.array_equal(a.instances.boxes, b.instances.boxes)
+        assert np.array_equal(a.instances.frame_masks(), b.instances.frame_masks())
+        assert np.array_equal(a.drivable.to_frame(), b.drivable.to_frame())
+
+
+def test_truncated_recording_keeps_what_was_recorded_and_exits_3(shared: Path, env: dict[str, str],
+                                                                 tmp_path: Path) -> None:
+    """A recording cut off mid-file (its index is at the front): every frame before the cut is
+    processed and written, the summary says 'partial', and the exit code says the input was damaged."""
+    data = (shared / "data" / "videos" / "udacity_lanelines_solidWhiteRight.mp4").read_bytes()
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[:len(data) // 10])
+    out, js = tmp_path / "out.mp4", tmp_path / "out.jsonl"
+    done = _cli(str(cut), "-o", str(out), "--json", str(js), env=env)
+    assert done.returncode == 3, done.stderr
+    assert "partial: ended after" in done.stderr and "of 221 frames" in done.stderr
+    records = list(read_jsonl(js))
+    assert 5 < len(records) < 60 and records[-1]["source"]["partial"] is not None
+    assert len(_pts(out)) == len(records)  # playable, with every frame that was read
