@@ -1,15 +1,13 @@
 """Cameras through OpenCV: V4L2 webcams (an index or /dev/videoN) and GStreamer pipelines,
 ``csi://N`` on Jetson among them.
 
-OpenCV's reads block inside the driver, so close() from another thread waits (bounded) for
-the read in progress and otherwise leaves the release to that read, as the PyAV source does.
-Timestamps are the driver's when it gives increasing ones, else the monotonic clock.
+OpenCV's reads block inside the driver; a ReadGuard keeps close() from releasing the device
+under a read. Timestamps are the driver's when it gives increasing ones, else the monotonic clock.
 """
 
 from __future__ import annotations
 
 import re
-import threading
 import time
 from dataclasses import replace
 from fractions import Fraction
@@ -17,11 +15,11 @@ from fractions import Fraction
 import cv2
 
 from engine.capture.base import SourceStatus
+from engine.capture.guard import ReadGuard
 from engine.capture.pyav import sane_fps
 from engine.errors import EndOfStream, SourceError
 from engine.types import Frame, SourceInfo
 
-_CLOSE_WAIT_S = 1.0
 GSTREAMER_FIX = ("this OpenCV was built without GStreamer (the opencv-python and opencv-python-headless wheels "
                  "never have it), so GStreamer pipelines and csi:// cameras cannot be opened. Fix: use an "
                  "OpenCV built with GStreamer: on Jetson the one JetPack installs (apt install python3-opencv; "
@@ -49,8 +47,7 @@ class OpenCVSource:
         self._info = SourceInfo(name=name, live=live)
         self._status = SourceStatus()
         self._capture: cv2.VideoCapture | None = None
-        self._lock = threading.Lock()
-        self._closed = False
+        self._guard = ReadGuard(lambda: self._info.name, self._release)
         self._index = 0
         self._start = 0.0
         self._last_pts: float | None = None
@@ -67,7 +64,7 @@ class OpenCVSource:
     def open(self) -> None:
         if self._capture is not None:
             return
-        if self._closed:
+        if self._guard.closed:
             raise SourceError(f"{self._info.name}: source was closed; make a new one to read again")
         if self._api == cv2.CAP_GSTREAMER and not opencv_has_gstreamer():
             raise SourceError(f"cannot open {self._info.name}: {GSTREAMER_FIX}")
@@ -88,19 +85,14 @@ class OpenCVSource:
         """The next frame; the wait is the driver's own (V4L2: seconds), ``timeout`` bounds only
         the wait for another read."""
         if self._capture is None:
-            raise SourceError(f"{self._info.name}: " + ("source is closed" if self._closed else
+            raise SourceError(f"{self._info.name}: " + ("source is closed" if self._guard.closed else
                                                         "call open() before read()"))
-        if not self._lock.acquire(timeout=max(timeout, _CLOSE_WAIT_S)):
-            raise SourceError(f"{self._info.name}: another read is still in progress")
-        try:
-            if self._closed or self._capture is None:
+        with self._guard.reading(timeout):
+            capture = self._capture
+            if capture is None:
                 raise SourceError(f"{self._info.name}: source is closed")
-            ok, bgr = self._capture.read()
-            driver_ms = self._capture.get(cv2.CAP_PROP_POS_MSEC)
-        finally:
-            if self._closed:
-                self._release()
-            self._lock.release()
+            ok, bgr = capture.read()
+            driver_ms = capture.get(cv2.CAP_PROP_POS_MSEC)
         if not ok or bgr is None:
             if not self._info.live:
                 self._status = replace(self._status, state="ended")
@@ -122,15 +114,10 @@ class OpenCVSource:
         return t
 
     def close(self) -> None:
-        self._closed = True
+        """Idempotent and safe from another thread: waits (bounded) for a read blocked in the driver."""
         if self._status.state not in ("ended", "failed"):
             self._status = replace(self._status, state="closed")
-        if not self._lock.acquire(timeout=_CLOSE_WAIT_S):
-            return  # a read is blocked in the driver; it releases the device when it returns
-        try:
-            self._release()
-        finally:
-            self._lock.release()
+        self._guard.close()
 
     def _release(self) -> None:
         capture, self._capture = self._capture, None

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
@@ -26,15 +25,13 @@ import numpy as np
 
 from engine.capture.base import SourceOptions, SourceStatus
 from engine.capture.files import check_readable_file, explain_unreadable
+from engine.capture.guard import ReadGuard
 from engine.capture.redact import Redactor
 from engine.errors import ConfigError, EndOfStream, SourceError
 from engine.types import Frame, SourceInfo
 
 log = logging.getLogger("segengine.capture")
 
-# How long close() waits for a read in progress (one decode step) before leaving the
-# container to that read to close; decoding one frame takes milliseconds.
-_CLOSE_WAIT_S = 1.0
 _DEFAULT_FPS = Fraction(25)  # only to step timestamps when a stream knows neither pts nor rate
 _FPS_RANGE = (Fraction(1, 100), Fraction(1000))  # outside: a container's rate is nonsense (90000, 1/1000)
 _WARN_EVERY_S = 5.0
@@ -72,8 +69,7 @@ class PyAVSource:
         self._container: av.container.InputContainer | None = None
         self._frames: Iterator[av.VideoFrame] | None = None
         self._first: Frame | None = None  # decoded at open() to learn size and rotation; read() hands it out
-        self._lock = threading.Lock()  # one decode step at a time; close() waits for it
-        self._closed = False
+        self._guard = ReadGuard(lambda: self._name, self._drop_container)
         self._index = 0
         self._last_pts: float | None = None
         self._step = 1 / _DEFAULT_FPS  # seconds added to the last pts when a frame has none
@@ -94,14 +90,14 @@ class PyAVSource:
     def open(self) -> None:
         if self._container is not None:
             return
-        if self._closed:
+        if self._guard.closed:
             raise SourceError(f"{self._name}: source was closed; make a new one to read again")
         container = self._open_container()
         try:
             stream = self._video_stream(container)
             self._describe(stream, container)
             self._container, self._frames = container, self._decoded(container, stream)
-            with self._lock:
+            with self._guard.reading(0.0):
                 self._first = self._next_frame()  # size and rotation are known after one frame
         except EndOfStream:
             self._drop_container()
@@ -165,21 +161,13 @@ class PyAVSource:
         """The next frame. ``timeout`` bounds only the wait for another read; network waits are
         bounded by the read timeout given to FFmpeg."""
         if self._frames is None:
-            raise SourceError(f"{self._name}: call open() before read()" if not self._closed
+            raise SourceError(f"{self._name}: call open() before read()" if not self._guard.closed
                               else f"{self._name}: source is closed")
-        if not self._lock.acquire(timeout=max(timeout, _CLOSE_WAIT_S)):
-            raise SourceError(f"{self._name}: another read is still in progress")
-        try:
-            if self._closed:
-                raise SourceError(f"{self._name}: source is closed")
+        with self._guard.reading(timeout):
             if self._first is not None:
                 frame, self._first = self._first, None
             else:
                 frame = self._next_frame()
-        finally:
-            if self._closed:  # close() gave up waiting for this read: finish its job
-                self._drop_container()
-            self._lock.release()
         self._status = replace(self._status, frames=self._status.frames + 1)
         return frame
 
@@ -253,15 +241,9 @@ class PyAVSource:
 
     def close(self) -> None:
         """Idempotent and safe from another thread: waits (bounded) for a decode in progress."""
-        self._closed = True
         if self._status.state not in ("ended", "failed"):
             self._status = replace(self._status, state="closed")
-        if not self._lock.acquire(timeout=_CLOSE_WAIT_S):
-            return  # a read is slow in FFmpeg; it sees _closed and closes the container itself
-        try:
-            self._drop_container()
-        finally:
-            self._lock.release()
+        self._guard.close()
 
     def _drop_container(self) -> None:
         container, self._container, self._frames, self._first = self._container, None, None, None
@@ -278,7 +260,7 @@ class PyAVFileSource(PyAVSource):
                          explain=self._explain_file)
 
     def open(self) -> None:
-        if self._container is None and not self._closed:
+        if self._container is None and not self._guard.closed:
             check_readable_file(self._path)
         super().open()
 
