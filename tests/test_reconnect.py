@@ -205,3 +205,16 @@ def test_a_finite_feed_passes_through_and_ends() -> None:
         with pytest.raises(EndOfStream):
             capture.get(2.0)
     assert feed.attempts == 1
+
+
+def test_a_feed_that_connects_but_never_delivers_backs_off_and_gives_up() -> None:
+    feed = Feed([Plan(frames=2), Plan(frames=0, then="error")])  # accepts, then drops at once, again and again
+    source = opened(feed, SourceOptions(backoff=0.02, backoff_cap=0.05, reconnect=3))
+    take(source, 2)
+    with pytest.raises(SourceError, match="gave up after 3 reconnection attempts"):
+        for _ in range(200):
+            try:
+                source.read(0.2)
+            except SourceTimeout:
+                pass
+    assert feed.attempts == 4

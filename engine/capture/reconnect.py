@@ -47,7 +47,8 @@ class ReconnectingSource:
         self._lock = threading.Lock()  # guards swapping _inner against close()
         self._closed = threading.Event()
         self._finite = False
-        self._attempts = 0  # failed connection attempts in a row
+        self._attempts = 0  # connections in a row that failed or gave no frame
+        self._fresh = False  # connected, no frame yet
         self._next_try = 0.0
         self._last_error = ""
         self._skipped_before = 0  # corrupt frames counted by earlier connections
@@ -92,7 +93,7 @@ class ReconnectingSource:
                 return
             self._inner = source
         self._offset, self._pts_mark, self._image_mark = None, None, None
-        self._last_wall = time.monotonic()
+        self._last_wall, self._fresh = time.monotonic(), True
         self._status = replace(self._status, state="streaming")
 
     def _reconnect(self) -> None:
@@ -113,7 +114,6 @@ class ReconnectingSource:
                         self._attempts, exc, delay)
             return
         outage = started - self._last_wall
-        self._attempts = 0
         self._status = replace(self._status, reconnects=self._status.reconnects + 1)
         self._adopt(source)
         log.warning("%s: reconnected after %.1f s without frames (%d reconnects)", self._info.name, outage,
@@ -125,6 +125,8 @@ class ReconnectingSource:
         if inner is not None:
             self._skipped_before += inner.status.skipped
             inner.close()
+        if self._fresh:  # connected but never delivered: it counts as a failed attempt, and backs off
+            self._attempts += 1
         self._last_error = reason
         self._status = replace(self._status, state="reconnecting")
         delay = self._schedule()
@@ -217,6 +219,7 @@ class ReconnectingSource:
             elif step > self._gap_threshold():
                 gaps += 1
         self._last_pts, self._last_wall = pts, now
+        self._attempts, self._fresh = 0, False  # a frame came through: the feed is healthy again
         self._status = replace(self._status, gaps=gaps)
         out = replace(frame, index=self._index, pts=pts, captured_at=frame.captured_at or now)
         self._index += 1
