@@ -16,8 +16,8 @@ import av
 import numpy as np
 import pytest
 
-from tests.live_servers import (HttpServer, RtspServer, SilentTcpServer, free_port, moving_frames,
-                                rtsp_unavailable, write_hls, write_mp4)
+from tests.http_servers import HttpServer, SilentTcpServer
+from tests.live_servers import RtspServer, free_port, moving_frames, rtsp_unavailable, write_hls, write_mp4
 
 FPS, COUNT = 15, 45  # 3 s of video: three 1 s HLS segments
 TCP = {"rtsp_transport": "tcp"}

@@ -18,8 +18,8 @@ from engine.capture.reconnect import ReconnectingSource
 from engine.capture.thread import CaptureThread
 from engine.errors import ConfigError, EndOfStream, SourceError
 from engine.types import Frame
-from tests.live_servers import HttpServer, RtspServer, SilentTcpServer, moving_frames, rtsp_unavailable, \
-    write_hls, write_mp4
+from tests.http_servers import HttpServer, SilentTcpServer
+from tests.live_servers import RtspServer, moving_frames, rtsp_unavailable, write_hls, write_mp4
 
 needs_rtsp = pytest.mark.skipif(rtsp_unavailable() is not None, reason=str(rtsp_unavailable()))
 QUICK = SourceOptions(open_timeout=5.0, read_timeout=2.0, stall=4.0, backoff=0.2, backoff_cap=1.0)

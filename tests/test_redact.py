@@ -12,7 +12,8 @@ from engine.capture.base import SourceOptions
 from engine.capture.factory import open_source
 from engine.capture.redact import Redactor, RedactingFilter, redact
 from engine.logs import configure
-from tests.live_servers import HttpServer, moving_frames, write_hls
+from tests.http_servers import HttpServer
+from tests.live_servers import moving_frames, write_hls
 
 
 @pytest.mark.parametrize(("text", "expected"), [
