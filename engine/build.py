@@ -198,7 +198,7 @@ def build_into(cache: EngineCache, key: EngineKey, graph: Path, request: BuildRe
             print(f"segengine: reusing the calibration table {table.path}", file=out)
     progress = BuildProgress(out, label=f"building the {key.precision} TensorRT engine (minutes on a Jetson)")
     try:
-        with progress:
+        with progress, progress.cancel_on_sigint():
             try:
                 plan = trt_backend.build_serialized(graph, precision=key.precision, workspace_gb=request.workspace_gb,
                                                     profile=key.profile, progress=progress, feeder=feeder, table=table,

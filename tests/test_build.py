@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -170,6 +171,18 @@ def test_progress_shows_phases_and_cancels_on_request() -> None:
     progress.cancel()
     assert progress.step_complete("Building engine", 0) is False
     assert "segengine: Building engine (3 steps)" in out.getvalue()
+
+
+def test_ctrl_c_during_a_build_asks_tensorrt_to_stop_then_interrupts() -> None:
+    out = io.StringIO()
+    progress = BuildProgress(out, heartbeat=0)
+    before = signal.getsignal(signal.SIGINT)
+    with progress.cancel_on_sigint():
+        signal.raise_signal(signal.SIGINT)
+        assert progress.cancelled and progress.step_complete("Building engine", 0) is False
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is before and "cancelling the build" in out.getvalue()
 
 
 def test_heartbeat_speaks_while_the_builder_is_silent() -> None:

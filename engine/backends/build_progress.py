@@ -9,9 +9,12 @@ every ``heartbeat`` seconds, because single tactic timings can take a long time 
 
 from __future__ import annotations
 
+import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TextIO
 
 
@@ -60,6 +63,26 @@ class BuildProgress:
 
     def cancel(self) -> None:
         self._cancelled.set()
+
+    @contextmanager
+    def cancel_on_sigint(self) -> Iterator[None]:
+        """While building, the first Ctrl-C asks TensorRT to stop at its next step (it is inside
+        C++ code, where an exception cannot reach it cleanly); a second one interrupts at once."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handle(signum: int, frame: object) -> None:
+            if self.cancelled:
+                raise KeyboardInterrupt
+            self.cancel()
+            self._say("cancelling the build at TensorRT's next step (Ctrl-C again to interrupt at once)")
+
+        previous = signal.signal(signal.SIGINT, handle)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
 
     @property
     def cancelled(self) -> bool:
