@@ -296,3 +296,15 @@ def test_backend_runs_frames_through_the_streamed_runtime_and_frees_everything(w
     assert memory.ledger.live == 0
     with pytest.raises(BackendError, match="closed"):
         backend.infer(frames[0])
+
+
+def test_an_engine_with_data_dependent_outputs_is_refused(wired, tmp_path: Path, monkeypatch) -> None:
+    trt_backend, stub, _ = wired()
+    stub.memory = HostMemory()
+    path = tmp_path / "x.engine"
+    path.write_bytes(b"PLAN")
+    _, engine = trt_backend.load_engine(path)
+    context = engine.create_execution_context()
+    monkeypatch.setattr(type(context), "get_tensor_shape", lambda self, name: (-1, 3))
+    with pytest.raises(BackendError, match="output total has a data-dependent shape"):
+        trt_backend.io_spec(engine, context)

@@ -152,6 +152,9 @@ def io_spec(engine: trt.ICudaEngine, context: trt.IExecutionContext, batch: int 
         name = engine.get_tensor_name(i)
         if engine.get_tensor_mode(name) == trt.TensorIOMode.OUTPUT:
             shape = tuple(context.get_tensor_shape(name))  # resolved by the input shapes above
+            if any(dim < 0 for dim in shape):  # would need an IOutputAllocator per frame
+                raise BackendError(f"engine output {name} has a data-dependent shape {shape}; segengine graphs "
+                                   "pad their outputs to fixed sizes (re-export the graph with `segengine export`)")
             outputs.append(TensorSpec(name, shape, np.dtype(trt.nptype(engine.get_tensor_dtype(name)))))
     if len(inputs) != 1:
         raise BackendError(f"a segengine engine has one input (the frame), this one has {len(inputs)}")
