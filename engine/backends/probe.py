@@ -49,7 +49,7 @@ class GpuEnvironment:
         """Why there is no usable CUDA device, in one clause."""
         parts = []
         if self.driver is None:
-            parts.append("no NVIDIA driver is loaded (nvidia-smi / /proc/driver/nvidia not found)")
+            parts.append("no NVIDIA driver is loaded")
         if self.torch_version is None:
             parts.append("torch is not installed")
         elif self.torch_cuda is None:
