@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import faulthandler
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,6 +20,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE
+    _stack_dumps_on_sigusr1()
     try:
         return args.func(args) or EXIT_OK
     except EngineError as exc:
@@ -26,6 +29,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("segengine: interrupted", file=sys.stderr)
         return EXIT_SIGINT
+
+
+def _stack_dumps_on_sigusr1() -> None:
+    """`kill -USR1 PID` prints every thread's stack: what a seemingly stuck run is doing."""
+    if not hasattr(signal, "SIGUSR1"):
+        return
+    try:
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
+    except (AttributeError, OSError, ValueError):  # stderr is no real file (captured, or closed)
+        pass
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -68,6 +81,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--show", action="store_true", help="show the overlaid video in a window")
     p.add_argument("--max-frames", type=_positive, help="stop after this many frames")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
+    p.add_argument("-v", "--verbose", action="store_true", help="also show FFmpeg's own warnings (redacted)")
+    _source_flags(p)
     _model_dir(p)
     p.set_defaults(func=_run)
 
@@ -97,6 +112,28 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--mask-weight", type=float, metavar="WEIGHT", help="share of mask IoU in matching (default 0.5)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     p.set_defaults(func=_track)
+
+    p = sub.add_parser("build", help="build a TensorRT engine for a preset or an ONNX graph (NVIDIA GPU)",
+                       description="Compile a preset's graph (or your ONNX file) with TensorRT into the engine "
+                                   "cache, where `segengine run --backend tensorrt` finds it.")
+    p.add_argument("target", help="a preset (road, street), a model name, or a graph .onnx file")
+    p.add_argument("--fp16", action="store_true", help="allow FP16 kernels (TensorRT 10)")
+    p.add_argument("--int8", action="store_true", help="INT8, calibrated on real frames from --calib (TensorRT 10)")
+    p.add_argument("--calib", metavar="SOURCE", help="frames to calibrate INT8 on: your own video, folder or stream")
+    p.add_argument("--calib-frames", type=_positive, default=64, metavar="N", help="frames to calibrate on [64]")
+    p.add_argument("--workspace", type=float, default=2.0, metavar="GB", help="builder workspace limit [2 GB]")
+    p.add_argument("--max-batch", type=_positive, default=1, metavar="N",
+                   help="largest batch of the shape profile (needs a graph with a dynamic batch axis) [1]")
+    p.add_argument("--frame-size", type=_size, default=(720, 1280), metavar="WxH",
+                   help="frame size of the preset's graph (default 1280x720)")
+    p.add_argument("--force", action="store_true", help="rebuild even when the cache holds a valid engine")
+    _model_dir(p)
+    p.set_defaults(func=_build)
+
+    p = sub.add_parser("doctor", help="check Python, torch/CUDA, TensorRT, ONNX Runtime, PyAV, OpenCV, Jetson",
+                       description="Report what this machine has for each path and the fix for each missing "
+                                   "piece. Exit status 0, or 1 when something the CPU path needs is missing.")
+    p.set_defaults(func=_doctor)
     return parser
 
 
@@ -108,6 +145,39 @@ def _positive(text: str) -> int:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"{text!r}: expected a positive whole number")
     return value
+
+
+def _source_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("sources", "files, cameras and network streams (defaults in brackets)")
+    g.add_argument("--loop", action="store_true", help="replay a file or image folder forever")
+    g.add_argument("--open-timeout", type=_seconds, default=10.0, metavar="S",
+                   help="seconds to connect to a stream or camera [10]")
+    g.add_argument("--read-timeout", type=_seconds, default=5.0, metavar="S",
+                   help="seconds a stream may send nothing before it counts as dropped [5]")
+    g.add_argument("--stall", type=_seconds_or_0, default=10.0, metavar="S",
+                   help="reconnect a live feed after S seconds without a new frame, or with frozen "
+                        "timestamps or picture; 0: never [10]")
+    g.add_argument("--no-frozen-check", action="store_true",
+                   help="do not treat an unchanging picture as a stall (a camera on a static scene)")
+    g.add_argument("--reconnect", type=_positive, metavar="N",
+                   help="give up after N failed reconnection attempts in a row [forever]")
+    g.add_argument("--rtsp-transport", choices=("tcp", "udp"), default="tcp", help="RTSP transport [tcp]")
+    g.add_argument("--camera-backend", choices=("opencv", "pyav"), default="opencv",
+                   help="webcams through OpenCV's V4L2 backend or PyAV's v4l2 demuxer [opencv]")
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a positive number of seconds")
+    return value
+
+
+def _seconds_or_0(text: str) -> float:
+    return 0.0 if text.strip() in ("0", "0.0") else _seconds(text)
 
 
 def _model_dir(p: argparse.ArgumentParser) -> None:
@@ -216,6 +286,25 @@ def _track(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(summary.line())
     return EXIT_OK
+
+
+def _build(args: argparse.Namespace) -> int:
+    from engine.backends.probe import detect
+    from engine.build import BuildRequest, build
+
+    precision = "int8" if args.int8 else "fp16" if args.fp16 else "fp32"  # int8 builds allow fp16 too
+    request = BuildRequest(args.target, frame_size=args.frame_size, precision=precision, calib=args.calib,
+                           calib_frames=args.calib_frames, workspace_gb=args.workspace, max_batch=args.max_batch,
+                           force=args.force)
+    path, _ = build(request, detect(), _dirs(args))
+    print(f"engine: {path}")
+    return EXIT_OK
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from engine.doctor import main as doctor
+
+    return doctor()
 
 
 if __name__ == "__main__":

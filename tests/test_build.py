@@ -46,7 +46,7 @@ def _cli(*args: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
 def test_build_without_tensorrt_or_gpu_exits_2_and_says_what_to_install(tmp_path: Path) -> None:
     done = _cli("build", "road", "--fp16", tmp_path=tmp_path)
     assert done.returncode == 2 and "Traceback" not in done.stderr
-    for needed in ("TensorRT: not installed", "pip install 'segengine[tensorrt]'", "JetPack",
+    for needed in ("TensorRT: not installed", "pip install -e '.[tensorrt]'", "JetPack",
                    "NVIDIA GPU: no NVIDIA driver", "CPU-only build", "`segengine run` uses ONNX Runtime"):
         assert needed in done.stderr, done.stderr
     assert not (tmp_path / "cache" / "graphs").exists()  # said before minutes of graph export

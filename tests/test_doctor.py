@@ -33,7 +33,7 @@ def test_doctor_on_this_machine_reports_each_piece_and_its_fix() -> None:
     if env.tensorrt_version is None:  # this project's CI: no GPU, no TensorRT
         assert line("TensorRT").startswith("no")
         fix = lines[lines.index(line("TensorRT")) + 1]
-        assert "fix:" in fix and "pip install 'segengine[tensorrt]'" in fix and "JetPack" in fix
+        assert "fix:" in fix and "pip install -e '.[tensorrt]'" in fix and "JetPack" in fix
     if env.driver is None:
         assert line("NVIDIA driver").startswith("no") and "backend auto → onnxruntime" in done.stdout
         assert line("NVDEC (PyAV)").startswith("no") and line("NVENC (PyAV)").startswith("no")
@@ -82,7 +82,7 @@ def test_auto_says_what_it_chose_and_why(env: GpuEnvironment, name: str, reason:
 
 
 def test_asked_for_backends() -> None:
-    with pytest.raises(BackendError, match="TensorRT: not installed.*pip install 'segengine\\[tensorrt\\]'"):
+    with pytest.raises(BackendError, match=r"TensorRT: not installed.*pip install -e '\.\[tensorrt\]'"):
         choose("tensorrt", CPU)
     assert choose("tensorrt", GPU).name == "tensorrt"
     assert "on the CPU" in choose("torch", CPU).reason and "RTX 4090" in choose("torch", GPU).reason

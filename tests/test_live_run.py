@@ -51,7 +51,13 @@ def test_run_on_rtsp_survives_a_server_restart_and_never_shows_the_password(
             server.restart()
             after = _wait_for_lines(js, len(before) + 8, proc, timeout=60)
             proc.send_signal(signal.SIGINT)
-            _, stderr = proc.communicate(timeout=30)
+            try:
+                _, stderr = proc.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.send_signal(signal.SIGUSR1)  # every thread's stack, for the failure message
+                time.sleep(1.0)
+                proc.kill()
+                raise AssertionError(f"no exit 30 s after SIGINT:\n{proc.communicate()[1][-6000:]}") from None
         finally:
             if proc.poll() is None:
                 proc.kill()

@@ -13,7 +13,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-TENSORRT_FIX = ("on a machine with an NVIDIA GPU and driver: `pip install 'segengine[tensorrt]'` "
+TENSORRT_FIX = ("on a machine with an NVIDIA GPU and driver: `pip install -e '.[tensorrt]'` "
                 "(TensorRT 10 and cuda-python); on a Jetson, TensorRT comes with JetPack "
                 "(`sudo apt install nvidia-jetpack`; in a venv, create it with --system-site-packages)")
 TORCH_CUDA_FIX = ("install the CUDA build of torch on a machine with an NVIDIA GPU and driver: "

@@ -40,7 +40,7 @@ def choose(requested: str, env: GpuEnvironment | None = None) -> Choice:
         return Choice("tensorrt", f"TensorRT {env.tensorrt_version} and a CUDA GPU ({_gpu(env)}) are present")
     if env.cuda_device is not None:
         return Choice("torch", f"CUDA GPU {env.cuda_device} through torch; TensorRT is not installed "
-                               "(`pip install 'segengine[tensorrt]'` for the fastest path)")
+                               "(`pip install -e '.[tensorrt]'` for the fastest path)")
     if env.tensorrt_version is not None:
         return Choice("onnxruntime", f"TensorRT {env.tensorrt_version} is installed but there is no usable CUDA "
                                      f"GPU ({env.no_gpu_reason()}); ONNX Runtime on the CPU")
