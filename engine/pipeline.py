@@ -19,7 +19,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from engine.backends.base import Backend
+import numpy as np
+
+from engine.backends.base import Backend, Pipelined
 from engine.backends.select import Choice, choose, open_backend
 from engine.capture.base import Source, SourceOptions, SourceTimeout
 from engine.capture.factory import open_source
@@ -33,7 +35,7 @@ from engine.sinks.base import Sink
 from engine.stats import RunStats
 from engine.tracking.base import Tracker
 from engine.tracking.mask_tracker import MaskTracker
-from engine.types import FrameResult, SourceInfo
+from engine.types import Frame, FrameResult, SourceInfo
 from models import zoo
 
 log = logging.getLogger("segengine")
@@ -134,33 +136,62 @@ class Pipeline:
     # -- the inference thread ----------------------------------------------------------------
 
     def _infer_loop(self) -> None:
+        """Frames in order through the backend. A backend that can keep a frame in flight
+        (``submit``/``collect``: TensorRT's double-buffered runtime) gets frame N+1 submitted
+        before frame N is collected, so its copy overlaps N's compute; when no next frame is
+        waiting (a live feed between frames), the frame in flight is collected at once, so
+        overlap never adds latency."""
+        pending: deque[tuple[Frame, float]] = deque()  # submitted, not yet collected
         try:
             if self.info.size is not None:  # ready before the first frame: its latency is not the build's
                 self._backend_for(self.info.size)
             count = 0
             while not self._stop.is_set() and (self.max_frames is None or count < self.max_frames):
                 try:
-                    frame = self._capture.get(timeout=POLL)
+                    frame = self._capture.get(timeout=0.0 if pending else POLL)
                 except SourceTimeout:
+                    if pending:
+                        self._collect(pending)
                     continue
                 except EndOfStream:
                     break
                 t0 = time.perf_counter()
+                if pending and self._backend is not None and self._frame_size() != frame.size:
+                    self._collect(pending)  # the frame size changed: finish with the old graph first
                 backend = self._backend_for(frame.size)
                 t1 = time.perf_counter()
-                outputs = backend.infer(frame.image)
-                result = decode(outputs, backend.description, frame)
-                result = replace(result, timings={"infer": time.perf_counter() - t1})
                 if t1 - t0 > 0.5:
                     log.info("graph ready for %dx%d in %.1f s", frame.size[1], frame.size[0], t1 - t0)
-                self._put(result)
+                if isinstance(backend, Pipelined):
+                    backend.submit(frame.image)
+                    pending.append((frame, t1))
+                    if len(pending) > 1:
+                        self._collect(pending)
+                else:
+                    self._emit(frame, backend.infer(frame.image), t1)
                 count += 1
+            while pending and not self._stop.is_set():
+                self._collect(pending)
             self._put(_END)
         except BaseException as exc:  # handed to the caller's thread, re-raised there
             self._put(_Failure(exc))
 
+    def _collect(self, pending: deque[tuple[Frame, float]]) -> None:
+        frame, submitted = pending.popleft()
+        assert isinstance(self._backend, Pipelined)
+        self._emit(frame, self._backend.collect(), submitted)
+
+    def _emit(self, frame: Frame, outputs: dict[str, np.ndarray], started: float) -> None:
+        assert self._backend is not None
+        result = decode(outputs, self._backend.description, frame)
+        self._put(replace(result, timings={"infer": time.perf_counter() - started}))
+
+    def _frame_size(self) -> tuple[int, int]:
+        assert self._backend is not None
+        return tuple(self._backend.description["frame_size"])  # type: ignore[return-value]
+
     def _backend_for(self, size: tuple[int, int]) -> Backend:
-        if self._backend is not None and tuple(self._backend.description["frame_size"]) == size:
+        if self._backend is not None and self._frame_size() == size:
             return self._backend
         if self._backend is not None:
             self._backend.close()

@@ -18,3 +18,13 @@ class Backend(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class Pipelined(Protocol):
+    """A backend that can keep one frame in flight: ``submit`` returns before the frame is
+    computed, ``collect`` returns the oldest submitted frame's outputs (arrays the caller owns)."""
+
+    def submit(self, frame: np.ndarray) -> None: ...
+
+    def collect(self) -> dict[str, np.ndarray]: ...
