@@ -17,6 +17,7 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from engine.download import sha256_of
 from engine.errors import BackendError
 
 SIDECAR_FORMAT = 1
@@ -173,7 +174,7 @@ def check_engine(engine: Path, sidecar: Path, key: EngineKey) -> Lookup:
         return Lookup("corrupt", engine, sidecar,
                       (f"the engine file has {size} bytes, its sidecar says {record.get('engine_bytes')} "
                        "(truncated or replaced)",))
-    if _sha256(engine) != record.get("engine_sha256"):
+    if sha256_of(engine) != record.get("engine_sha256"):
         return Lookup("corrupt", engine, sidecar, ("the engine file's sha256 differs from its sidecar's "
                                                    "(changed after it was built)",))
     return Lookup("hit", engine, sidecar)
@@ -190,14 +191,6 @@ def _difference(name: str, found: object, want: object) -> str:
         return text[:16] + "…" if name == "model_sha256" and isinstance(value, str) else text
 
     return f"built for {_LABELS.get(name, name)} {show(found)}, this run needs {show(want)}"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
