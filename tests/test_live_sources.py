@@ -71,7 +71,7 @@ def test_rtsp_killed_and_restarted_the_feed_continues() -> None:
             status = capture.status
     assert status.reconnects >= 1 and status.gaps >= 1
     assert increasing(before + after)
-    assert after[-1].pts - before[-1].pts > 1.0  # the outage shows in the timestamps
+    assert max(np.diff([f.pts for f in before + after])) > 1.5  # the outage (≥ 1.5 s) shows in the timeline
 
 
 @needs_rtsp

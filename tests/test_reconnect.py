@@ -119,7 +119,7 @@ def test_every_kind_of_disconnect_reconnects_and_time_keeps_going(then: str) -> 
     pts = [f.pts for f in frames]
     assert pts[0] == 0.0 and all(b > a for a, b in zip(pts, pts[1:]))  # feed times 100 → 3 → 7 made continuous
     assert np.allclose(np.diff(pts[:5]), 0.04) and np.allclose(np.diff(pts[-5:]), 0.04)  # within a connection
-    assert source.status.gaps >= 2  # the outages
+    assert source.status.gaps == 2  # the two outages, each once (a frozen clock's repeats are no gaps)
     assert source.status.skipped >= 2  # what earlier connections skipped is kept
     assert source.status.state == "closed"
 
@@ -218,3 +218,12 @@ def test_a_feed_that_connects_but_never_delivers_backs_off_and_gives_up() -> Non
             except SourceTimeout:
                 pass
     assert feed.attempts == 4
+
+
+def test_a_long_outage_is_one_gap() -> None:
+    feed = Feed([Plan(frames=3), Plan(frames=20, start=50.0)])
+    source = opened(feed, SourceOptions(backoff=2.4, backoff_cap=2.4))  # waits 1.2 to 2.4 s: over the 1 s gap
+    frames = take(source, 10, timeout=10.0)
+    source.close()
+    assert source.status.reconnects == 1 and source.status.gaps == 1
+    assert frames[3].pts - frames[2].pts > 1.0  # the outage shows in the timeline, once

@@ -55,7 +55,8 @@ class ReconnectingSource:
         self._index = 0
         self._offset: float | None = None  # added to the feed's pts; None: the next frame sets it
         self._last_pts: float | None = None
-        self._last_wall = 0.0  # when the last frame came out (or the connection was made)
+        self._last_wall = 0.0  # when the last frame came out
+        self._connected_at = 0.0
         self._pts_mark: tuple[float, float] | None = None  # (feed pts, when it last moved)
         self._image_mark: tuple[int, float] | None = None  # (picture key, when it last changed)
 
@@ -93,7 +94,7 @@ class ReconnectingSource:
                 return
             self._inner = source
         self._offset, self._pts_mark, self._image_mark = None, None, None
-        self._last_wall, self._fresh = time.monotonic(), True
+        self._connected_at, self._fresh = time.monotonic(), True
         self._status = replace(self._status, state="streaming")
 
     def _reconnect(self) -> None:
@@ -159,7 +160,8 @@ class ReconnectingSource:
             try:
                 frame = inner.read(max(0.01, deadline - now))
             except SourceTimeout:
-                if self._options.stall and time.monotonic() - self._last_wall > self._options.stall:
+                silent = time.monotonic() - max(self._last_wall, self._connected_at)
+                if self._options.stall and silent > self._options.stall:
                     self._disconnect(f"no frame for {self._options.stall:g} s")
                 elif time.monotonic() >= deadline:
                     raise
@@ -202,22 +204,21 @@ class ReconnectingSource:
         """Feed time made continuous: each connection is placed after the last frame by the wall
         clock; jumps are followed by the wall clock and counted as gaps."""
         now = time.monotonic()
-        gaps = self._status.gaps
-        if self._offset is None:
-            if self._last_pts is None:
-                self._offset = -frame.pts  # the run's clock starts at 0
-            else:
-                self._offset = self._last_pts + max(now - self._last_wall, _MIN_STEP_S) - frame.pts
-                gaps += 1  # the outage
-        pts = frame.pts + self._offset
-        if self._last_pts is not None:
-            step, wall = pts - self._last_pts, now - self._last_wall
-            if step <= 0 or step > wall + _JUMP_S:  # a timestamp discontinuity in the feed
-                target = self._last_pts + max(wall, _MIN_STEP_S)
-                self._offset += target - pts
-                pts, gaps = target, gaps + 1
+        gaps, wall = self._status.gaps, now - self._last_wall
+        if self._last_pts is None:  # the run's clock starts at 0
+            self._offset = -frame.pts
+        elif self._offset is None:  # a new connection: placed after the last frame by the wall clock
+            self._offset = self._last_pts + max(wall, _MIN_STEP_S) - frame.pts
+            gaps += 1  # the outage
+        else:
+            step = frame.pts + self._offset - self._last_pts
+            if step <= 0 or step > wall + _JUMP_S:  # the feed's clock repeated, went back or leapt ahead
+                self._offset += self._last_pts + max(wall, _MIN_STEP_S) - (frame.pts + self._offset)
+                if step != 0:  # a repeated timestamp is no gap; a jump either way is
+                    gaps += 1
             elif step > self._gap_threshold():
-                gaps += 1
+                gaps += 1  # frames lost in between
+        pts = frame.pts + self._offset
         self._last_pts, self._last_wall = pts, now
         self._attempts, self._fresh = 0, False  # a frame came through: the feed is healthy again
         self._status = replace(self._status, gaps=gaps)
