@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from engine.capture.base import SourceOptions, SourceTimeout
+from engine.capture.base import SourceOptions
 from engine.capture.factory import open_source
 from engine.capture.opencv import OpenCVSource, opencv_has_gstreamer
 from engine.capture.reconnect import ReconnectingSource
@@ -20,6 +20,7 @@ from engine.errors import ConfigError, EndOfStream, SourceError
 from engine.types import Frame
 from tests.http_servers import HttpServer, SilentTcpServer
 from tests.live_servers import RtspServer, moving_frames, rtsp_unavailable, write_hls, write_mp4
+from tests.reading import read_frames
 
 needs_rtsp = pytest.mark.skipif(rtsp_unavailable() is not None, reason=str(rtsp_unavailable()))
 QUICK = SourceOptions(open_timeout=5.0, read_timeout=2.0, stall=4.0, backoff=0.2, backoff_cap=1.0)
@@ -27,15 +28,7 @@ N = 30
 
 
 def frames(capture: CaptureThread, n: int, timeout: float = 20.0) -> list[Frame]:
-    out: list[Frame] = []
-    deadline = time.monotonic() + timeout
-    while len(out) < n:
-        assert time.monotonic() < deadline, f"{len(out)} of {n} frames; {capture.status}"
-        try:
-            out.append(capture.get(1.0))
-        except SourceTimeout:
-            pass
-    return out
+    return read_frames(capture.get, n, timeout)
 
 
 def increasing(frames_: list[Frame]) -> bool:

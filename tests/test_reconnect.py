@@ -16,6 +16,7 @@ from engine.capture.reconnect import ReconnectingSource, backoff_delay
 from engine.capture.thread import CaptureThread
 from engine.errors import EndOfStream, SourceError
 from engine.types import Frame, SourceInfo
+from tests.reading import read_frames
 
 FAST = SourceOptions(backoff=0.02, backoff_cap=0.05, stall=0.3)
 
@@ -86,15 +87,7 @@ class Scripted:
 
 
 def take(source: ReconnectingSource, n: int, timeout: float = 5.0) -> list[Frame]:
-    frames: list[Frame] = []
-    deadline = time.monotonic() + timeout
-    while len(frames) < n:
-        assert time.monotonic() < deadline, f"only {len(frames)} of {n} frames in {timeout} s"
-        try:
-            frames.append(source.read(0.2))
-        except SourceTimeout:
-            pass
-    return frames
+    return read_frames(source.read, n, timeout, poll=0.2)
 
 
 def opened(feed: Feed, options: SourceOptions = FAST) -> ReconnectingSource:

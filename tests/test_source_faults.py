@@ -88,7 +88,7 @@ def test_truncated_faststart_mp4_gives_the_frames_before_the_cut_then_partial(
     assert 15 <= len(frames) <= 30  # about half the frames, in order, then a clean end
     assert [f.index for f in frames] == list(range(len(frames)))
     assert source.status.partial is not None and f"of {N} frames" in source.status.partial
-    assert source.status.damaged and source.status.state == "ended"
+    assert source.status.damaged and source.status.state == "ended" and source.status.frames == len(frames)
     assert any("partial" in r.getMessage() for r in caplog.records)
 
 

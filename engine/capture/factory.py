@@ -32,7 +32,7 @@ from engine.errors import ConfigError, EndOfStream, SourceError
 from engine.types import Frame, SourceInfo
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
-_DEVICE = re.compile(r"^(?:v4l2://)?(/dev/video\d+)$")
+_DEVICE = re.compile(r"^/dev/video\d+$")
 FORMS = ("path/to/video.mp4 or file:///abs/path.mp4 (any file FFmpeg reads)",
          "path/to/folder or 'frames/*.png' (images in natural order)",
          "rtsp://[user:pass@]host[:port]/path, rtmp://, http(s)://... (.mp4, MJPEG, .m3u8 HLS), srt://, udp:// "
@@ -172,8 +172,8 @@ def open_source(uri: str | os.PathLike[str], *, loop: bool = False, options: Sou
 def _builder(text: str, options: SourceOptions) -> Callable[[], Source]:
     if not text.strip():
         raise ConfigError("empty source; use one of: " + "; ".join(FORMS))
-    if text.strip().isdigit() or _DEVICE.match(text):
-        device = text.strip() if text.strip().isdigit() else _DEVICE.match(text).group(1)  # type: ignore[union-attr]
+    device = text.strip()
+    if device.isdigit() or _DEVICE.match(device):
         return lambda: _camera(device, options)
     if " ! " in text and not _SCHEME.match(text):  # a bare GStreamer pipeline
         return lambda: _gst("gst://" + text, options)

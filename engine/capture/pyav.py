@@ -83,7 +83,8 @@ class PyAVSource:
 
     @property
     def status(self) -> SourceStatus:
-        return self._status
+        handed_out = self._index - (self._first is not None)  # the frame peeked at open() is not out yet
+        return replace(self._status, frames=handed_out)
 
     # -- opening ----------------------------------------------------------------------------
 
@@ -92,11 +93,12 @@ class PyAVSource:
             return
         if self._guard.closed:
             raise SourceError(f"{self._name}: source was closed; make a new one to read again")
-        container = self._open_container()
+        self._container = container = self._open_container()
         try:
             stream = self._video_stream(container)
+            stream.thread_type = "AUTO"  # frame + slice threads: decode keeps up at 1080p
             self._describe(stream, container)
-            self._container, self._frames = container, self._decoded(container, stream)
+            self._frames = self._decoded(container, stream)
             with self._guard.reading(0.0):
                 self._first = self._next_frame()  # size and rotation are known after one frame
         except EndOfStream:
@@ -105,7 +107,6 @@ class PyAVSource:
                               f"every frame is corrupt)") from None
         except BaseException:
             self._drop_container()
-            container.close()
             raise
         height, width = self._first.size
         self._info = replace(self._info, size=(height, width))
@@ -139,7 +140,6 @@ class PyAVSource:
             raise SourceError(f"{self._name} declares a {width}×{height} frame ({width * height / 1e6:.0f} MP), "
                               f"above the {self._max_pixels / 1e6:.0f} MP limit: refused before decoding (a "
                               f"damaged or hostile header?); if the video is genuine, raise max_pixels")
-        stream.thread_type = "AUTO"  # frame + slice threads: decode keeps up at 1080p
         return stream
 
     def _describe(self, stream: av.video.stream.VideoStream, container: av.container.InputContainer) -> None:
@@ -168,7 +168,6 @@ class PyAVSource:
                 frame, self._first = self._first, None
             else:
                 frame = self._next_frame()
-        self._status = replace(self._status, frames=self._status.frames + 1)
         return frame
 
     def _next_frame(self) -> Frame:
