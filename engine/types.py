@@ -77,6 +77,10 @@ class SourceStatus:
         """Frames of the input were lost to corruption or truncation."""
         return self.skipped > 0 or self.partial is not None
 
+    def closed(self) -> SourceStatus:
+        """This status once its source is closed: an end or a failure stays what it was."""
+        return self if self.state in ("ended", "failed") else replace(self, state="closed")
+
     def line(self) -> str:
         text = (f"{self.state}: {self.frames} frames read, {self.dropped} dropped, {self.skipped} skipped "
                 f"(corrupt), {self.reconnects} reconnects, {self.gaps} gaps")

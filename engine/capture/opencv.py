@@ -115,8 +115,7 @@ class OpenCVSource:
 
     def close(self) -> None:
         """Idempotent and safe from another thread: waits (bounded) for a read blocked in the driver."""
-        if self._status.state not in ("ended", "failed"):
-            self._status = replace(self._status, state="closed")
+        self._status = self._status.closed()
         self._guard.close()
 
     def _release(self) -> None:

@@ -240,8 +240,7 @@ class PyAVSource:
 
     def close(self) -> None:
         """Idempotent and safe from another thread: waits (bounded) for a decode in progress."""
-        if self._status.state not in ("ended", "failed"):
-            self._status = replace(self._status, state="closed")
+        self._status = self._status.closed()
         self._guard.close()
 
     def _drop_container(self) -> None:

@@ -242,5 +242,4 @@ class ReconnectingSource:
             inner, self._inner = self._inner, None
         if inner is not None:
             inner.close()
-        if self._status.state not in ("ended", "failed"):
-            self._status = replace(self._status, state="closed")
+        self._status = self._status.closed()
