@@ -39,12 +39,12 @@ def _timed(step, frames: list) -> float:
 def bare_tensorrt(graph: Path, label: str, frames: list) -> dict[str, object]:
     import onnx
 
-    from engine.backends.cuda import open_memory
-    from engine.backends.probe import detect
-    from engine.backends.tensorrt import TensorRTBackend
-    from engine.build import engine_for_run
-    from engine.graph.compose import read_description
-    from models.zoo import WeightDirs
+    from segengine.backends.cuda import open_memory
+    from segengine.backends.probe import detect
+    from segengine.backends.tensorrt import TensorRTBackend
+    from segengine.build import engine_for_run
+    from segengine.graph.compose import read_description
+    from segengine.models.zoo import WeightDirs
 
     memory = open_memory("auto")
     path, key = engine_for_run(graph, detect(), WeightDirs.from_env(), memory, label=label)
@@ -67,9 +67,9 @@ def bare_tensorrt(graph: Path, label: str, frames: list) -> dict[str, object]:
 
 
 def bare_torch(name: str, size: tuple[int, int], frames: list) -> dict[str, object]:
-    from engine.backends.torch import TorchBackend
-    from engine.graph.compose import build_graph
-    from models.zoo import WeightDirs
+    from segengine.backends.torch import TorchBackend
+    from segengine.graph.compose import build_graph
+    from segengine.models.zoo import WeightDirs
 
     backend = TorchBackend(build_graph(name, size, WeightDirs.from_env()), device="cuda")
     try:
@@ -80,7 +80,7 @@ def bare_torch(name: str, size: tuple[int, int], frames: list) -> dict[str, obje
 
 def end_to_end(video: Path, preset: str, backend: str, frames: int) -> float:
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "engine.cli", "run", str(video), "-o", f"{tmp}/out.mp4",
+        cmd = [sys.executable, "-m", "segengine.cli", "run", str(video), "-o", f"{tmp}/out.mp4",
                "--json", f"{tmp}/out.jsonl", "--preset", preset, "--backend", backend]
         done = subprocess.run(cmd, check=True, capture_output=True, text=True)
         with av.open(f"{tmp}/out.mp4") as container:
@@ -98,9 +98,9 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=1)
     args = parser.parse_args()
 
-    from engine.backends.probe import detect
-    from engine.backends.select import choose
-    from engine.errors import EngineError
+    from segengine.backends.probe import detect
+    from segengine.backends.select import choose
+    from segengine.errors import EngineError
 
     env = detect()
     try:
@@ -113,8 +113,8 @@ def main() -> int:
     with av.open(str(args.video)) as container:
         frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
     size = frames[0].shape[:2]
-    from engine.graph.cache import cached_graph
-    from models.zoo import WeightDirs
+    from segengine.graph.cache import cached_graph
+    from segengine.models.zoo import WeightDirs
 
     graph = cached_graph(args.preset, size, dirs=WeightDirs.from_env())
     label = f"{args.preset}-{size[1]}x{size[0]}"

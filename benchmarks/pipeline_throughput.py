@@ -24,9 +24,9 @@ from pathlib import Path
 import av
 import onnxruntime as ort
 
-from engine.backends.onnxruntime import OnnxRuntimeBackend
-from engine.graph.cache import cached_graph
-from models.zoo import WeightDirs
+from segengine.backends.onnxruntime import OnnxRuntimeBackend
+from segengine.graph.cache import cached_graph
+from segengine.models.zoo import WeightDirs
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_VIDEO = REPO.parent / "shared" / "data" / "videos" / "udacity_lanelines_solidWhiteRight.mp4"
@@ -44,7 +44,7 @@ def bare(graph: Path, frames: list, spinning: bool) -> float:
 def end_to_end(video: Path, preset: str, frames: int) -> tuple[float, float]:
     """(the pipeline's own throughput from its summary, frames / wall time of the whole command)."""
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "engine.cli", "run", str(video), "-o", f"{tmp}/out.mp4",
+        cmd = [sys.executable, "-m", "segengine.cli", "run", str(video), "-o", f"{tmp}/out.mp4",
                "--json", f"{tmp}/out.jsonl", "--preset", preset, "--backend", "onnxruntime"]
         start = time.perf_counter()
         done = subprocess.run(cmd, check=True, capture_output=True, text=True)

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import cv2
 
-from engine.pipeline import Pipeline
-from models.zoo import WeightDirs
+from segengine.pipeline import Pipeline
+from segengine.models.zoo import WeightDirs
 
 
 def main() -> None:

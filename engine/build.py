@@ -1,7 +1,7 @@
 """``segengine build``: a TensorRT engine for a preset (or an ONNX file), cached for ``run`` to find.
 
 Everything here runs on any machine: the checks (flags, target, TensorRT and a GPU present),
-the shape profile, the cache key and the lookup. Only ``engine.backends.tensorrt`` touches
+the shape profile, the cache key and the lookup. Only ``segengine.backends.tensorrt`` touches
 TensorRT, imported once a GPU and TensorRT are known to be there.
 """
 
@@ -15,13 +15,13 @@ from typing import TextIO
 
 import onnx
 
-from engine.backends.build_progress import BuildProgress
-from engine.backends.cuda import Memory
-from engine.backends.engine_cache import EngineCache, EngineKey, Lookup, ProfileEntry
-from engine.backends.probe import DRIVER_FIX, TENSORRT_FIX, TORCH_CUDA_FIX, GpuEnvironment
-from engine.download import sha256_of
-from engine.errors import BackendError, ConfigError
-from models import zoo
+from segengine.backends.build_progress import BuildProgress
+from segengine.backends.cuda import Memory
+from segengine.backends.engine_cache import EngineCache, EngineKey, Lookup, ProfileEntry
+from segengine.backends.probe import DRIVER_FIX, TENSORRT_FIX, TORCH_CUDA_FIX, GpuEnvironment
+from segengine.download import sha256_of
+from segengine.errors import BackendError, ConfigError
+from segengine.models import zoo
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ class BuildRequest:
         if self.max_batch < 1:
             raise ConfigError(f"--max-batch {self.max_batch}: expected 1 or more")
         if self.calib:
-            from engine.capture.factory import open_source
+            from segengine.capture.factory import open_source
 
             open_source(self.calib)  # a missing file or bad URI is reported now, not after the export
 
@@ -65,7 +65,7 @@ def check_target(target: str) -> None:
         if not Path(target).is_file():
             raise ConfigError(f"{target}: no such ONNX file")
         return
-    from engine.graph.compose import model_names
+    from segengine.graph.compose import model_names
 
     model_names(target)  # unknown names are said with the list of presets and models
 
@@ -137,7 +137,7 @@ def make_key(model: Path, env: GpuEnvironment, gpu: tuple[str, str], precision: 
 def graph_for(request: BuildRequest, dirs: zoo.WeightDirs) -> Path:
     if is_onnx_file(request.target):
         return Path(request.target)
-    from engine.graph.cache import cached_graph
+    from segengine.graph.cache import cached_graph
 
     return cached_graph(request.target, request.frame_size, dirs=dirs)
 
@@ -149,8 +149,8 @@ def build(request: BuildRequest, env: GpuEnvironment, dirs: zoo.WeightDirs, *, o
     request.check()
     check_target(request.target)
     require_tensorrt(env)
-    from engine.backends import tensorrt as trt_backend
-    from engine.backends.cuda import open_memory
+    from segengine.backends import tensorrt as trt_backend
+    from segengine.backends.cuda import open_memory
 
     if not trt_backend.supports(request.precision):
         raise BackendError(f"TensorRT {env.tensorrt_version} has no {request.precision.upper()} builder flag "
@@ -166,7 +166,7 @@ def build(request: BuildRequest, env: GpuEnvironment, dirs: zoo.WeightDirs, *, o
             f"{request.target}-{request.frame_size[1]}x{request.frame_size[0]}"
         calibration = ""
         if request.precision == "int8":
-            from engine.backends.calibration import calibration_identity
+            from segengine.backends.calibration import calibration_identity
 
             calibration = calibration_identity(str(request.calib), request.calib_frames, 1)
         key = make_key(graph, env, (gpu.name, gpu.compute_capability), request.precision, profile, calibration, label)
@@ -184,8 +184,8 @@ def build(request: BuildRequest, env: GpuEnvironment, dirs: zoo.WeightDirs, *, o
 
 def build_into(cache: EngineCache, key: EngineKey, graph: Path, request: BuildRequest, memory: Memory, *,
                out: TextIO) -> Path:
-    from engine.backends import tensorrt as trt_backend
-    from engine.backends.calibration import CalibrationFeeder, CalibrationTable
+    from segengine.backends import tensorrt as trt_backend
+    from segengine.backends.calibration import CalibrationFeeder, CalibrationTable
 
     cache.folder.mkdir(parents=True, exist_ok=True)  # the timing cache and calibration table live there too
     feeder = table = None
@@ -218,7 +218,7 @@ def build_into(cache: EngineCache, key: EngineKey, graph: Path, request: BuildRe
 def engine_for_run(graph: Path, env: GpuEnvironment, dirs: zoo.WeightDirs, memory: Memory, *,
                    label: str, out: TextIO | None = None) -> tuple[Path, EngineKey]:
     """The best valid cached engine for ``graph`` on this machine (int8 > fp16 > fp32), else a new fp16 one."""
-    from engine.backends import tensorrt as trt_backend
+    from segengine.backends import tensorrt as trt_backend
 
     out = out if out is not None else sys.stderr
     gpu = memory.gpu()

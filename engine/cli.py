@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from engine.errors import ConfigError, EngineError
+from segengine.errors import ConfigError, EngineError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_SIGINT = 0, 1, 2, 130
 
@@ -193,13 +193,13 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def _dirs(args: argparse.Namespace):
-    from models.zoo import WeightDirs
+    from segengine.models.zoo import WeightDirs
 
     return WeightDirs.from_env(args.model_dir)
 
 
 def _models_list(args: argparse.Namespace) -> int:
-    from models import zoo
+    from segengine.models import zoo
 
     dirs = _dirs(args)
     rows = [("NAME", "TASK", "CLASSES", "INPUT", "LICENCE", "CACHED")]
@@ -219,7 +219,7 @@ def _models_list(args: argparse.Namespace) -> int:
 def _models_show(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from models import zoo
+    from segengine.models import zoo
 
     for key, value in asdict(zoo.card(args.name)).items():
         if key == "classes":
@@ -230,7 +230,7 @@ def _models_show(args: argparse.Namespace) -> int:
 
 
 def _models_fetch(args: argparse.Namespace) -> int:
-    from models import zoo
+    from segengine.models import zoo
 
     path = zoo.resolve_weights(args.name, dirs=_dirs(args))
     print(f"{args.name}: {path}")
@@ -238,7 +238,7 @@ def _models_fetch(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from engine.graph import compose
+    from segengine.graph import compose
 
     if args.output.suffix.lower() != ".onnx":
         raise ConfigError(f"{args.output}: the output file must end in .onnx")
@@ -256,13 +256,13 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from engine.run import run
+    from segengine.run import run
 
     return run(args)
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from engine.evaluate import evaluate, load_mapping
+    from segengine.evaluate import evaluate, load_mapping
 
     report = evaluate(args.name, args.images, args.labels, mapping=load_mapping(args.mapping),
                       dirs=_dirs(args), progress=sys.stderr.isatty())
@@ -275,8 +275,8 @@ _TRACKER_FLAGS = {"high": "high_score", "low": "low_score", "new_track": "new_tr
 
 
 def _track(args: argparse.Namespace) -> int:
-    from engine.tracking.mask_tracker import TrackerConfig
-    from engine.tracking.offline import track_file
+    from segengine.tracking.mask_tracker import TrackerConfig
+    from segengine.tracking.offline import track_file
 
     options = {name: getattr(args, flag) for flag, name in _TRACKER_FLAGS.items() if getattr(args, flag) is not None}
     if args.no_smooth:
@@ -289,8 +289,8 @@ def _track(args: argparse.Namespace) -> int:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from engine.backends.probe import detect
-    from engine.build import BuildRequest, build
+    from segengine.backends.probe import detect
+    from segengine.build import BuildRequest, build
 
     precision = "int8" if args.int8 else "fp16" if args.fp16 else "fp32"  # int8 builds allow fp16 too
     request = BuildRequest(args.target, frame_size=args.frame_size, precision=precision, calib=args.calib,
@@ -302,7 +302,7 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _doctor(args: argparse.Namespace) -> int:
-    from engine.doctor import main as doctor
+    from segengine.doctor import main as doctor
 
     return doctor()
 

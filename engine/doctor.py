@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.backends.probe import DRIVER_FIX, TENSORRT_FIX, TORCH_CUDA_FIX, GpuEnvironment, detect
+from segengine.backends.probe import DRIVER_FIX, TENSORRT_FIX, TORCH_CUDA_FIX, GpuEnvironment, detect
 
 OK, MISSING, INFO = "ok", "missing", "info"
 
@@ -172,7 +172,7 @@ def checks(env: GpuEnvironment | None = None) -> list[Check]:
 
 def paths(env: GpuEnvironment) -> list[str]:
     """Which backends can run here, in auto's order."""
-    from engine.backends.select import choose
+    from segengine.backends.select import choose
 
     choice = choose("auto", env)
     return [f"backend auto → {choice.name}: {choice.reason}"]

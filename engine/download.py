@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 from tqdm import tqdm
 
-from engine.errors import DownloadError
+from segengine.errors import DownloadError
 
 CHUNK = 1 << 16
 

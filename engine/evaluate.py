@@ -17,12 +17,12 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from engine.backends.onnxruntime import OnnxRuntimeBackend
-from engine.errors import ConfigError
-from engine.graph.compose import build_graph, export_graph
-from engine.geometry import Placement
-from engine.graph.readout import map_to_frame, masks_to_frame
-from models import zoo
+from segengine.backends.onnxruntime import OnnxRuntimeBackend
+from segengine.errors import ConfigError
+from segengine.graph.compose import build_graph, export_graph
+from segengine.geometry import Placement
+from segengine.graph.readout import map_to_frame, masks_to_frame
+from segengine.models import zoo
 
 CAMVID_CLASSES = ("Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence",
                   "Car", "Pedestrian", "Bicyclist")

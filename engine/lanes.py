@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from engine.geometry import Placement
-from engine.graph.readout import frame_region
-from engine.types import Lanes, SemanticMap
+from segengine.geometry import Placement
+from segengine.graph.readout import frame_region
+from segengine.types import Lanes, SemanticMap
 
 # RANSAC hypotheses: a point from the lower part of a blob paired with one from the upper
 # part, at fixed quantiles, so the same map always gives the same lanes.

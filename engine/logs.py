@@ -11,7 +11,7 @@ import sys
 
 import av.logging
 
-from engine.capture.redact import RedactingFilter, Redactor
+from segengine.capture.redact import RedactingFilter, Redactor
 
 _HANDLER = "segengine-cli"
 

@@ -21,22 +21,22 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.backends.base import Backend, Pipelined
-from engine.backends.select import Choice, choose, open_backend
-from engine.capture.base import Source, SourceOptions, SourceTimeout
-from engine.capture.factory import open_source
-from engine.capture.thread import CaptureThread
-from engine.errors import EndOfStream
-from engine.lanes import LaneSmoother, fit_lanes
-from engine.render.base import Renderer
-from engine.render.overlay import OverlayRenderer
-from engine.results import decode
-from engine.sinks.base import Sink
-from engine.stats import RunStats
-from engine.tracking.base import Tracker
-from engine.tracking.mask_tracker import MaskTracker
-from engine.types import Frame, FrameResult, SourceInfo
-from models import zoo
+from segengine.backends.base import Backend, Pipelined
+from segengine.backends.select import Choice, choose, open_backend
+from segengine.capture.base import Source, SourceOptions, SourceTimeout
+from segengine.capture.factory import open_source
+from segengine.capture.thread import CaptureThread
+from segengine.errors import EndOfStream
+from segengine.lanes import LaneSmoother, fit_lanes
+from segengine.render.base import Renderer
+from segengine.render.overlay import OverlayRenderer
+from segengine.results import decode
+from segengine.sinks.base import Sink
+from segengine.stats import RunStats
+from segengine.tracking.base import Tracker
+from segengine.tracking.mask_tracker import MaskTracker
+from segengine.types import Frame, FrameResult, SourceInfo
+from segengine.models import zoo
 
 log = logging.getLogger("segengine")
 POLL = 0.1  # seconds between stop-event checks in every wait

@@ -6,8 +6,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from engine.geometry import Placement
-from engine.types import Frame, FrameResult, Instances, SemanticMap
+from segengine.geometry import Placement
+from segengine.types import Frame, FrameResult, Instances, SemanticMap
 
 
 def decode(outputs: Mapping[str, np.ndarray], description: Mapping[str, object], frame: Frame) -> FrameResult:

@@ -10,12 +10,12 @@ from types import FrameType
 
 from tqdm import tqdm
 
-from engine.capture.base import SourceOptions
-from engine.capture.factory import open_source
-from engine.capture.redact import Redactor
-from engine.logs import configure as configure_logging
-from engine.pipeline import Pipeline
-from engine.sinks.factory import open_sinks
+from segengine.capture.base import SourceOptions
+from segengine.capture.factory import open_source
+from segengine.capture.redact import Redactor
+from segengine.logs import configure as configure_logging
+from segengine.pipeline import Pipeline
+from segengine.sinks.factory import open_sinks
 
 # 3: the run finished, but the input was damaged (corrupt frames skipped, or a file that ended
 # before its declared length): the outputs are complete for what could be read.
@@ -55,15 +55,15 @@ def source_options(args: argparse.Namespace) -> SourceOptions:
 
 
 def run(args: argparse.Namespace) -> int:
-    from models.zoo import WeightDirs
+    from segengine.models.zoo import WeightDirs
 
     configure_logging(Redactor.for_url(args.source), verbose=args.verbose)
     if args.model is not None:  # a wrong model file is said before anything starts
-        from engine.graph.custom import inspect_onnx
+        from segengine.graph.custom import inspect_onnx
 
         inspect_onnx(args.model, args.classes)
     else:
-        from engine.graph.compose import model_names
+        from segengine.graph.compose import model_names
 
         model_names(args.preset)
     source = open_source(args.source, loop=args.loop, options=source_options(args))

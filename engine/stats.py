@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from engine.types import SourceStatus
+from segengine.types import SourceStatus
 
 _LOW, _HIGH, _STEP = 1e-5, 1e3, 1.01  # 10 µs .. 1000 s in 1 % steps
 _BINS = int(math.log(_HIGH / _LOW) / math.log(_STEP)) + 2

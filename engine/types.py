@@ -14,9 +14,9 @@ from typing import Literal
 
 import numpy as np
 
-from engine.errors import ConfigError
-from engine.geometry import Placement
-from engine.graph.readout import box_masks, map_to_frame
+from segengine.errors import ConfigError
+from segengine.geometry import Placement
+from segengine.graph.readout import box_masks, map_to_frame
 
 Memory = Literal["host", "pinned", "device"]
 SourceState = Literal["idle", "streaming", "reconnecting", "ended", "failed", "closed"]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from engine.errors import ModelError
+from segengine.errors import ModelError
 
 
 def load_state_dict(path: Path, *, what: str) -> dict[str, torch.Tensor]:

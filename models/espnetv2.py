@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.card import ModelCard, Preprocess
-from models.checkpoint import load_into, load_state_dict, strip_prefix
+from segengine.models.card import ModelCard, Preprocess
+from segengine.models.checkpoint import load_into, load_state_dict, strip_prefix
 
 CARD = ModelCard(
     name="espnetv2-cityscapes",

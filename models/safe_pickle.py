@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from engine.errors import ModelError
+from segengine.errors import ModelError
 
 # Classes of these code bases become inert stubs (never imported, never built).
 STUB_PREFIXES = ("models.", "utils.", "torch.nn.modules.", "numpy.", "pathlib.", "argparse.")

@@ -24,10 +24,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from engine.errors import ConfigError, ModelError
-from models.card import ModelCard, Preprocess
-from models.checkpoint import load_into
-from models.safe_pickle import read_yolo_checkpoint
+from segengine.errors import ConfigError, ModelError
+from segengine.models.card import ModelCard, Preprocess
+from segengine.models.checkpoint import load_into
+from segengine.models.safe_pickle import read_yolo_checkpoint
 
 COCO_NAMES = (
     "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",

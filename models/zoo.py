@@ -15,14 +15,14 @@ from typing import Protocol, cast
 
 import torch
 
-from engine.download import download, sha256_of
-from engine.errors import ConfigError, ModelError
-from models.card import ModelCard
+from segengine.download import download, sha256_of
+from segengine.errors import ConfigError, ModelError
+from segengine.models.card import ModelCard
 
 FAMILIES: dict[str, str] = {
-    "twinlitenet": "models.twinlitenet",
-    "yolov5s-seg": "models.yolov5_seg",
-    "espnetv2-cityscapes": "models.espnetv2",
+    "twinlitenet": "segengine.models.twinlitenet",
+    "yolov5s-seg": "segengine.models.yolov5_seg",
+    "espnetv2-cityscapes": "segengine.models.espnetv2",
 }
 
 

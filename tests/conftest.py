@@ -7,7 +7,7 @@ import av
 import numpy as np
 import pytest
 
-from models import zoo
+from segengine.models import zoo
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("SEGENGINE_SHARED", REPO.parent / "shared"))

@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from engine.capture.base import SourceTimeout
-from engine.types import Frame
+from segengine.capture.base import SourceTimeout
+from segengine.types import Frame
 
 
 def read_frames(read: Callable[[float], Frame], n: int, timeout: float, poll: float = 0.5) -> list[Frame]:

@@ -12,11 +12,11 @@ import threading
 import numpy as np
 import pytest
 
-from engine.backends.buffers import SlotRing, State
-from engine.backends.cuda import Buffer, open_memory
-from engine.backends.cuda.host import HostMemory, HostStream
-from engine.backends.streamed import IOSpec, StreamedRuntime, TensorSpec
-from engine.errors import BackendError
+from segengine.backends.buffers import SlotRing, State
+from segengine.backends.cuda import Buffer, open_memory
+from segengine.backends.cuda.host import HostMemory, HostStream
+from segengine.backends.streamed import IOSpec, StreamedRuntime, TensorSpec
+from segengine.errors import BackendError
 
 SHAPE = (1, 4, 6, 3)
 SPEC = IOSpec(TensorSpec("frame", SHAPE, np.dtype(np.uint8)),

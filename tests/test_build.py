@@ -19,14 +19,14 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from engine.backends.build_progress import BuildProgress
-from engine.backends.calibration import CalibrationFeeder, CalibrationTable, calibration_identity
-from engine.backends.cuda.host import HostMemory
-from engine.backends.probe import GpuEnvironment
-from engine.build import BuildRequest, build, engine_for_run, onnx_inputs, require_tensorrt, shape_profile
-from engine.cli import main
-from engine.errors import BackendError, ConfigError
-from models import zoo
+from segengine.backends.build_progress import BuildProgress
+from segengine.backends.calibration import CalibrationFeeder, CalibrationTable, calibration_identity
+from segengine.backends.cuda.host import HostMemory
+from segengine.backends.probe import GpuEnvironment
+from segengine.build import BuildRequest, build, engine_for_run, onnx_inputs, require_tensorrt, shape_profile
+from segengine.cli import main
+from segengine.errors import BackendError, ConfigError
+from segengine.models import zoo
 
 CPU = GpuEnvironment("2.13.0+cpu", None, None, None, None, None, None, None)
 GPU_NO_TRT = GpuEnvironment("2.13.0", "12.8", "NVIDIA GeForce RTX 4090", "8.9", None, None,
@@ -39,7 +39,7 @@ JETSON = GpuEnvironment(None, None, None, None, "10.3.0", "12.6.0", "Jetson (L4T
 
 def _cli(*args: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "SEGENGINE_CACHE_DIR": str(tmp_path / "cache")}
-    return subprocess.run([sys.executable, "-m", "engine.cli", *args], capture_output=True, text=True, env=env,
+    return subprocess.run([sys.executable, "-m", "segengine.cli", *args], capture_output=True, text=True, env=env,
                           timeout=300)
 
 
@@ -119,7 +119,7 @@ def test_calibration_batches_are_real_frames_at_the_engines_size() -> None:
     memory = HostMemory()
     uri = "synthetic://?width=64&height=48&frames=7"
     feeder = CalibrationFeeder(uri, memory, frame_size=(24, 32), batch=2, frames=7)
-    from engine.backends.calibration import read_frames
+    from segengine.backends.calibration import read_frames
 
     want = list(read_frames(uri, (24, 32), 7))
     assert len(want) == 7 and want[0].shape == (24, 32, 3) and want[0].std() > 10  # a real scene, resized
@@ -195,7 +195,7 @@ def test_heartbeat_speaks_while_the_builder_is_silent() -> None:
     assert not [t for t in threading.enumerate() if t.name == "segengine-build-progress"]
 
 
-# -- the cache decisions, with a stand-in for engine.backends.tensorrt ----------------------------
+# -- the cache decisions, with a stand-in for segengine.backends.tensorrt ----------------------------
 
 
 @pytest.fixture
@@ -215,11 +215,11 @@ def fake_trt(monkeypatch: pytest.MonkeyPatch) -> types.SimpleNamespace:
         kwargs["timing_cache"].write_bytes(b"timings")
         return b"plan:" + Path(onnx_path).read_bytes()[:32] + kwargs["precision"].encode()
 
-    module = types.ModuleType("engine.backends.tensorrt")
+    module = types.ModuleType("segengine.backends.tensorrt")
     module.build_serialized = build_serialized  # type: ignore[attr-defined]
     module.supports = lambda precision: precision != "fp16" or state.fp16  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "engine.backends.tensorrt", module)
-    import engine.backends
+    monkeypatch.setitem(sys.modules, "segengine.backends.tensorrt", module)
+    import segengine.backends
 
     monkeypatch.setattr(engine.backends, "tensorrt", module, raising=False)
     return state

@@ -13,14 +13,14 @@ import cv2
 import numpy as np
 import pytest
 
-from engine.capture.base import Source, SourceStatus, SourceTimeout
-from engine.capture.factory import LoopingSource, open_source
-from engine.capture.images import ImageFolderSource
-from engine.capture.pyav import PyAVFileSource
-from engine.capture.synthetic import SyntheticSource
-from engine.capture.thread import CaptureThread
-from engine.errors import ConfigError, EndOfStream, SourceError
-from engine.types import Frame, SourceInfo
+from segengine.capture.base import Source, SourceStatus, SourceTimeout
+from segengine.capture.factory import LoopingSource, open_source
+from segengine.capture.images import ImageFolderSource
+from segengine.capture.pyav import PyAVFileSource
+from segengine.capture.synthetic import SyntheticSource
+from segengine.capture.thread import CaptureThread
+from segengine.errors import ConfigError, EndOfStream, SourceError
+from segengine.types import Frame, SourceInfo
 
 N, H, W, FPS = 48, 96, 160, 24
 VFR_MS = [0, 40, 100, 120, 200, 210, 300, 333, 400, 480]  # irregular timestamps in milliseconds

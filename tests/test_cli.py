@@ -10,8 +10,8 @@ from pathlib import Path
 import onnx
 import pytest
 
-from engine.cli import main
-from models import zoo
+from segengine.cli import main
+from segengine.models import zoo
 
 
 @pytest.fixture
@@ -22,7 +22,7 @@ def env(shared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[s
 
 
 def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "engine.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "segengine.cli", *args], capture_output=True, text=True,
                           env=env, timeout=600)
 
 
@@ -76,9 +76,9 @@ def test_export_raw_has_upstreams_interface(name: str, env: dict[str, str], tmp_
 
 
 def test_run_source_flags_reach_the_source_options() -> None:
-    from engine.capture.base import SourceOptions
-    from engine.cli import _parser
-    from engine.run import source_options
+    from segengine.capture.base import SourceOptions
+    from segengine.cli import _parser
+    from segengine.run import source_options
 
     args = _parser().parse_args(["run", "rtsp://h/x", "--open-timeout", "3", "--read-timeout", "1.5", "--stall", "0",
                                  "--no-frozen-check", "--reconnect", "4", "--rtsp-transport", "udp",

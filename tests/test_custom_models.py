@@ -13,13 +13,13 @@ import onnx.helper as oh
 import pytest
 import torch
 
-from engine.backends.onnxruntime import OnnxRuntimeBackend
-from engine.errors import ConfigError, ModelError
-from engine.geometry import letterbox
-from engine.graph.compose import SegmentationGraph, build_graph, export_raw
-from engine.graph.custom import export_custom_graph, inspect_onnx
-from engine.graph.heads import InstanceHead
-from models import zoo
+from segengine.backends.onnxruntime import OnnxRuntimeBackend
+from segengine.errors import ConfigError, ModelError
+from segengine.geometry import letterbox
+from segengine.graph.compose import SegmentationGraph, build_graph, export_raw
+from segengine.graph.custom import export_custom_graph, inspect_onnx
+from segengine.graph.heads import InstanceHead
+from segengine.models import zoo
 
 YOLO = zoo.card("yolov5s-seg")
 ESPNET = zoo.card("espnetv2-cityscapes")

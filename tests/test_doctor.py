@@ -8,10 +8,10 @@ from dataclasses import replace
 
 import pytest
 
-from engine.backends.probe import GpuEnvironment, detect
-from engine.backends.select import choose
-from engine.doctor import INFO, MISSING, OK, Check, checks, report
-from engine.errors import BackendError, ConfigError
+from segengine.backends.probe import GpuEnvironment, detect
+from segengine.backends.select import choose
+from segengine.doctor import INFO, MISSING, OK, Check, checks, report
+from segengine.errors import BackendError, ConfigError
 
 CPU = GpuEnvironment("2.13.0+cpu", None, None, None, None, None, None, None)
 GPU = GpuEnvironment("2.13.0", "12.8", "NVIDIA GeForce RTX 4090", "8.9", "10.7.0", None, "NVRM version: 570.86", None)
@@ -19,7 +19,7 @@ JETSON = GpuEnvironment(None, None, None, None, "10.3.0", "12.6.0", "Jetson (L4T
 
 
 def test_doctor_on_this_machine_reports_each_piece_and_its_fix() -> None:
-    done = subprocess.run([sys.executable, "-m", "engine.cli", "doctor"], capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-m", "segengine.cli", "doctor"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.backends.engine_cache import EngineCache, EngineKey, check_engine
-from engine.errors import BackendError
+from segengine.backends.engine_cache import EngineCache, EngineKey, check_engine
+from segengine.errors import BackendError
 
 PROFILE = (("frame", (1, 720, 1280, 3), (1, 720, 1280, 3), (1, 720, 1280, 3)),)
 KEY = EngineKey("ab" * 32, "10.3.0", "Orin (nvgpu)", "8.7", "fp16", PROFILE, label="road-1280x720")

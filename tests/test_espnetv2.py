@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from engine.errors import ModelError
-from models.espnetv2 import CARD, ESPNetv2Seg, load_network
+from segengine.errors import ModelError
+from segengine.models.espnetv2 import CARD, ESPNetv2Seg, load_network
 
 REFERENCE = "reference/espnetv2_city_test1.npz"
 # The reference logits are stored as float16 (spacing 2**-6 around |x| = 16..32), hence ~1e-2.

@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 import torch
 
-from engine.errors import ConfigError
-from engine.evaluate import CAMVID_CLASSES, CAMVID_VOID, DEFAULT_MAPPING, evaluate, pairs
-from models import zoo
+from segengine.errors import ConfigError
+from segengine.evaluate import CAMVID_CLASSES, CAMVID_VOID, DEFAULT_MAPPING, evaluate, pairs
+from segengine.models import zoo
 from tests.upstream_recipe import predict_classes
 
 
@@ -62,7 +62,7 @@ def test_cli_prints_table(shared: Path, dirs: zoo.WeightDirs, tmp_path: Path) ->
     mapping = tmp_path / "map.json"
     mapping.write_text(json.dumps({"twinlitenet": {"Road": ["drivable"]}}))
     out = subprocess.run(
-        [sys.executable, "-m", "engine.cli", "eval", "twinlitenet", "--images", str(camvid / "images"),
+        [sys.executable, "-m", "segengine.cli", "eval", "twinlitenet", "--images", str(camvid / "images"),
          "--labels", str(camvid / "annot"), "--mapping", str(mapping), "--model-dir", str(dirs.mirror)],
         capture_output=True, text=True, timeout=300, env={**_env(dirs)},
     )
@@ -79,7 +79,7 @@ def test_bad_inputs_are_clear_errors(shared: Path, tmp_path: Path, dirs: zoo.Wei
         pairs(tmp_path, camvid / "annot")
     bad = tmp_path / "map.json"
     bad.write_text(json.dumps({"twinlitenet": {"Road": ["runway"]}}))
-    from engine.evaluate import load_mapping
+    from segengine.evaluate import load_mapping
 
     with pytest.raises(ConfigError, match="runway not among its classes"):
         evaluate("twinlitenet", camvid / "images", camvid / "annot", mapping=load_mapping(bad), dirs=dirs,

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from engine.backends.onnxruntime import OnnxRuntimeBackend
-from engine.errors import BackendError, ConfigError
-from engine.graph.compose import build_graph, export_graph
-from engine.graph.instances import InstanceDecode
-from engine.geometry import Placement, letterbox
-from engine.graph.readout import masks_to_frame
-from models import zoo
+from segengine.backends.onnxruntime import OnnxRuntimeBackend
+from segengine.errors import BackendError, ConfigError
+from segengine.graph.compose import build_graph, export_graph
+from segengine.graph.instances import InstanceDecode
+from segengine.geometry import Placement, letterbox
+from segengine.graph.readout import masks_to_frame
+from segengine.models import zoo
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from engine.graph.nms import TRANSLATIONS, nms_mask
+from segengine.graph.nms import TRANSLATIONS, nms_mask
 
 
 class _Nms(torch.nn.Module):

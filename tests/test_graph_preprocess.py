@@ -11,9 +11,9 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from engine.geometry import letterbox, stretch
-from engine.graph.preprocess import FramePreprocess, OpenCVLinearResize
-from models.card import Preprocess
+from segengine.geometry import letterbox, stretch
+from segengine.graph.preprocess import FramePreprocess, OpenCVLinearResize
+from segengine.models.card import Preprocess
 
 IMAGENET = Preprocess(resize="stretch", mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
 

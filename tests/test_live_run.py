@@ -41,7 +41,7 @@ def test_run_on_rtsp_survives_a_server_restart_and_never_shows_the_password(
            "SEGENGINE_MODEL_DIR": str(shared / "models"), "PYTHONUNBUFFERED": "1"}
     js, mp4 = tmp_path / "live.jsonl", tmp_path / "live.mp4"
     with RtspServer(user="cam", password=PASSWORD, fps=10) as server:
-        proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "run", server.url, "--json", str(js),
+        proc = subprocess.Popen([sys.executable, "-m", "segengine.cli", "run", server.url, "--json", str(js),
                                  "-o", str(mp4), "-v", "--read-timeout", "2", "--open-timeout", "5"],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         try:

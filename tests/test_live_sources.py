@@ -11,13 +11,13 @@ import cv2
 import numpy as np
 import pytest
 
-from engine.capture.base import SourceOptions
-from engine.capture.factory import open_source
-from engine.capture.opencv import OpenCVSource, opencv_has_gstreamer
-from engine.capture.reconnect import ReconnectingSource
-from engine.capture.thread import CaptureThread
-from engine.errors import ConfigError, EndOfStream, SourceError
-from engine.types import Frame
+from segengine.capture.base import SourceOptions
+from segengine.capture.factory import open_source
+from segengine.capture.opencv import OpenCVSource, opencv_has_gstreamer
+from segengine.capture.reconnect import ReconnectingSource
+from segengine.capture.thread import CaptureThread
+from segengine.errors import ConfigError, EndOfStream, SourceError
+from segengine.types import Frame
 from tests.http_servers import HttpServer, SilentTcpServer
 from tests.live_servers import RtspServer, moving_frames, rtsp_unavailable, write_hls, write_mp4
 from tests.reading import read_frames

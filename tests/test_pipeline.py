@@ -16,12 +16,12 @@ import av
 import numpy as np
 import pytest
 
-from engine.capture.synthetic import SyntheticSource
-from engine.errors import SourceError
-from engine.pipeline import Pipeline
-from engine.sinks.jsonl import JsonlSink, read_jsonl
-from engine.types import Frame, SourceInfo, SourceStatus
-from models import zoo
+from segengine.capture.synthetic import SyntheticSource
+from segengine.errors import SourceError
+from segengine.pipeline import Pipeline
+from segengine.sinks.jsonl import JsonlSink, read_jsonl
+from segengine.types import Frame, SourceInfo, SourceStatus
+from segengine.models import zoo
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,7 @@ def dirs(env: dict[str, str]) -> zoo.WeightDirs:
 
 
 def _cli(*args: str, env: dict[str, str], timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "engine.cli", "run", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "segengine.cli", "run", *args], capture_output=True, text=True,
                           env=env, timeout=timeout)
 
 
@@ -130,7 +130,7 @@ def test_signal_mid_run_leaves_playable_outputs(sig: int, code: int, shared: Pat
                                                 tmp_path: Path) -> None:
     video = shared / "data" / "videos" / "udacity_lanelines_solidWhiteRight.mp4"
     out, js = tmp_path / "out.mp4", tmp_path / "out.jsonl"
-    proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "run", str(video), "-o", str(out), "--json", str(js)],
+    proc = subprocess.Popen([sys.executable, "-m", "segengine.cli", "run", str(video), "-o", str(out), "--json", str(js)],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
     while (not js.exists() or len(js.read_text().splitlines()) < 5) and time.monotonic() < deadline:
@@ -277,7 +277,7 @@ class _InFlight:
 @pytest.mark.parametrize(("live", "fps", "in_flight"), [(False, 25, 2), (True, 0.4, 1)])
 def test_frames_in_flight_overlap_on_files_and_add_no_latency_on_a_slow_live_feed(
         live: bool, fps: float, in_flight: int, dirs: zoo.WeightDirs, monkeypatch: pytest.MonkeyPatch) -> None:
-    import engine.pipeline as pipeline_module
+    import segengine.pipeline as pipeline_module
 
     frames = 3 if live else 6  # the scene depends on the length: the same for both runs
     with Pipeline(SyntheticSource(width=320, height=180, frames=frames), render=False, dirs=dirs) as pipeline:

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from engine.geometry import letterbox
-from engine.graph.instances import InstanceDecode
-from engine.graph.readout import box_masks, masks_to_frame
+from segengine.geometry import letterbox
+from segengine.graph.instances import InstanceDecode
+from segengine.graph.readout import box_masks, masks_to_frame
 
 
 @pytest.mark.parametrize("frame_size", [(540, 960), (720, 1280), (361, 479), (1080, 607)])

@@ -11,11 +11,11 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from engine.capture.base import SourceOptions, SourceStatus, SourceTimeout
-from engine.capture.reconnect import ReconnectingSource, backoff_delay
-from engine.capture.thread import CaptureThread
-from engine.errors import EndOfStream, SourceError
-from engine.types import Frame, SourceInfo
+from segengine.capture.base import SourceOptions, SourceStatus, SourceTimeout
+from segengine.capture.reconnect import ReconnectingSource, backoff_delay
+from segengine.capture.thread import CaptureThread
+from segengine.errors import EndOfStream, SourceError
+from segengine.types import Frame, SourceInfo
 from tests.reading import read_frames
 
 FAST = SourceOptions(backoff=0.02, backoff_cap=0.05, stall=0.3)

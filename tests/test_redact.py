@@ -8,10 +8,10 @@ from pathlib import Path
 import av.logging
 import pytest
 
-from engine.capture.base import SourceOptions
-from engine.capture.factory import open_source
-from engine.capture.redact import Redactor, RedactingFilter, redact
-from engine.logs import configure
+from segengine.capture.base import SourceOptions
+from segengine.capture.factory import open_source
+from segengine.capture.redact import Redactor, RedactingFilter, redact
+from segengine.logs import configure
 from tests.http_servers import HttpServer
 from tests.live_servers import moving_frames, write_hls
 

@@ -8,14 +8,14 @@ import cv2
 import numpy as np
 import pytest
 
-from engine.errors import ConfigError
-from engine.geometry import Placement, letterbox, stretch
-from engine.lanes import LaneSmoother, fit_lanes
-from engine.render.base import Renderer
-from engine.render.hud import draw_hud
-from engine.render.overlay import OverlayRenderer
-from engine.render.palette import GROUP_COLOURS, Group, group_of, instance_colour, track_colour
-from engine.types import Frame, FrameResult, Instances, Lanes, SemanticMap
+from segengine.errors import ConfigError
+from segengine.geometry import Placement, letterbox, stretch
+from segengine.lanes import LaneSmoother, fit_lanes
+from segengine.render.base import Renderer
+from segengine.render.hud import draw_hud
+from segengine.render.overlay import OverlayRenderer
+from segengine.render.palette import GROUP_COLOURS, Group, group_of, instance_colour, track_colour
+from segengine.types import Frame, FrameResult, Instances, Lanes, SemanticMap
 
 FRAME = (540, 960)
 # Two straight lane lines in frame pixels, (x, y) bottom → top, like a highway seen from the ego lane.
@@ -80,10 +80,10 @@ def test_fit_lanes_on_an_empty_map() -> None:
 @pytest.fixture(scope="module")
 def real_result(shared: Path, tmp_path_factory: pytest.TempPathFactory) -> FrameResult:
     """The lane network on the real solidWhiteRight picture (960×540), through the exported graph."""
-    from engine.backends.onnxruntime import OnnxRuntimeBackend
-    from engine.graph.compose import build_graph, export_graph
-    from engine.results import decode
-    from models import zoo
+    from segengine.backends.onnxruntime import OnnxRuntimeBackend
+    from segengine.graph.compose import build_graph, export_graph
+    from segengine.results import decode
+    from segengine.models import zoo
 
     image = cv2.imread(str(shared / "data" / "images" / "udacity_lanelines" / "solidWhiteRight.jpg"))[:, :, ::-1]
     image = np.ascontiguousarray(image)

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine.errors import ModelError
-from models.safe_pickle import Stub, StubAttribute, load_torch_zip, read_yolo_checkpoint, safe_loads
+from segengine.errors import ModelError
+from segengine.models.safe_pickle import Stub, StubAttribute, load_torch_zip, read_yolo_checkpoint, safe_loads
 
 
 # What each refusal must name (protocol 2 writes subprocess as Python 2's ``commands``).

@@ -13,15 +13,15 @@ import cv2
 import numpy as np
 import pytest
 
-from engine.errors import ConfigError, SinkError
-from engine.geometry import letterbox, stretch
-from engine.sinks import window
-from engine.sinks.factory import open_sinks
-from engine.sinks.images import ImageFolderSink
-from engine.graph.readout import masks_to_frame
-from engine.sinks.jsonl import JsonlSink, decode_mask, read_jsonl
-from engine.sinks.video import VideoSink
-from engine.types import Frame, FrameResult, Instances, Lanes, SourceInfo
+from segengine.errors import ConfigError, SinkError
+from segengine.geometry import letterbox, stretch
+from segengine.sinks import window
+from segengine.sinks.factory import open_sinks
+from segengine.sinks.images import ImageFolderSink
+from segengine.graph.readout import masks_to_frame
+from segengine.sinks.jsonl import JsonlSink, decode_mask, read_jsonl
+from segengine.sinks.video import VideoSink
+from segengine.types import Frame, FrameResult, Instances, Lanes, SourceInfo
 
 CLASSES = ("person", "bicycle", "car")
 # pycocotools' own decode trips numpy 2's copy=False deprecation inside its Cython; nothing of ours.

@@ -14,12 +14,12 @@ import av
 import numpy as np
 import pytest
 
-from engine.capture.base import Source
-from engine.capture.factory import open_source
-from engine.capture.pyav import PyAVFileSource, sane_fps
-from engine.capture.thread import CaptureThread
-from engine.errors import EndOfStream, SourceError
-from engine.types import Frame
+from segengine.capture.base import Source
+from segengine.capture.factory import open_source
+from segengine.capture.pyav import PyAVFileSource, sane_fps
+from segengine.capture.thread import CaptureThread
+from segengine.errors import EndOfStream, SourceError
+from segengine.types import Frame
 
 N, H, W = 48, 96, 160
 

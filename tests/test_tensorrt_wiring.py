@@ -1,4 +1,4 @@
-"""engine.backends.tensorrt against a stand-in for the ``tensorrt`` module that has the documented API.
+"""segengine.backends.tensorrt against a stand-in for the ``tensorrt`` module that has the documented API.
 
 This proves our side of the wiring (which calls, in which order, with which values, and that
 TensorRT's refusals become BackendErrors with a fix), so the GPU-side code is at least executed
@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.backends.build_progress import BuildProgress
-from engine.backends.cuda.host import HostMemory
-from engine.errors import BackendError
+from segengine.backends.build_progress import BuildProgress
+from segengine.backends.cuda.host import HostMemory
+from segengine.errors import BackendError
 
 
 class Severity(enum.IntEnum):
@@ -206,14 +206,14 @@ def wired(monkeypatch: pytest.MonkeyPatch):
         log: list = []
         stub = _stub(log, **options)
         monkeypatch.setitem(sys.modules, "tensorrt", stub)
-        monkeypatch.delitem(sys.modules, "engine.backends.tensorrt", raising=False)
-        module = importlib.import_module("engine.backends.tensorrt")
+        monkeypatch.delitem(sys.modules, "segengine.backends.tensorrt", raising=False)
+        module = importlib.import_module("segengine.backends.tensorrt")
         return module, stub, log
 
     yield load
-    import engine.backends
+    import segengine.backends
 
-    sys.modules.pop("engine.backends.tensorrt", None)
+    sys.modules.pop("segengine.backends.tensorrt", None)
     if "tensorrt" in vars(engine.backends):  # the import bound the stub-backed module on the package
         delattr(engine.backends, "tensorrt")
 
@@ -236,7 +236,7 @@ def test_build_sets_precision_workspace_profile_and_keeps_the_timing_cache(wired
 
 
 def test_int8_feeds_the_calibrator_and_stores_its_table(wired, tmp_path: Path) -> None:
-    from engine.backends.calibration import CalibrationFeeder, CalibrationTable
+    from segengine.backends.calibration import CalibrationFeeder, CalibrationTable
 
     trt_backend, _, log = wired()
     graph = tmp_path / "g.onnx"

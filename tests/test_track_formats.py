@@ -15,12 +15,12 @@ import cv2
 import numpy as np
 import pytest
 
-from engine.errors import ConfigError
-from engine.sinks.jsonl import decode_mask, encode_mask, read_jsonl
-from engine.tracking.base import TrackedObjects
-from engine.tracking.formats import MaskGrid, detect_format, frame_rate, read_frames
-from engine.tracking.writers import MotsWriter, MotWriter
-from engine.tracking.offline import track_file
+from segengine.errors import ConfigError
+from segengine.sinks.jsonl import decode_mask, encode_mask, read_jsonl
+from segengine.tracking.base import TrackedObjects
+from segengine.tracking.formats import MaskGrid, detect_format, frame_rate, read_frames
+from segengine.tracking.writers import MotsWriter, MotWriter
+from segengine.tracking.offline import track_file
 
 # pycocotools' decode, under numpy 2, warns about its own __array__: nothing of ours to fix
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
@@ -67,7 +67,7 @@ def _write_jsonl(path: Path, scene: list[list[dict]]) -> Path:
 
 
 def _cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "engine.cli", "track", *map(str, args)],
+    return subprocess.run([sys.executable, "-m", "segengine.cli", "track", *map(str, args)],
                           capture_output=True, text=True, timeout=120)
 
 

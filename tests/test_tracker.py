@@ -9,12 +9,12 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from engine.errors import ConfigError
-from engine.geometry import letterbox
-from engine.tracking.association import BoxGrid, mask_iou
-from engine.tracking.base import Detections, Tracker
-from engine.tracking.mask_tracker import MaskTracker, TrackerConfig
-from engine.types import Instances
+from segengine.errors import ConfigError
+from segengine.geometry import letterbox
+from segengine.tracking.association import BoxGrid, mask_iou
+from segengine.tracking.base import Detections, Tracker
+from segengine.tracking.mask_tracker import MaskTracker, TrackerConfig
+from segengine.types import Instances
 
 GRID = (96, 160)  # the prototype grid of a 640×384 input
 FPS = 25

@@ -6,10 +6,10 @@ import time
 
 import numpy as np
 
-from engine.geometry import letterbox
-from engine.tracking.association import BoxGrid, assign, box_iou, buffered_iou, mask_iou, move_mask, similarity
-from engine.tracking.kalman import BoxKalman, cxcywh_to_xyxy
-from engine.tracking.mask_tracker import MaskTracker
+from segengine.geometry import letterbox
+from segengine.tracking.association import BoxGrid, assign, box_iou, buffered_iou, mask_iou, move_mask, similarity
+from segengine.tracking.kalman import BoxKalman, cxcywh_to_xyxy
+from segengine.tracking.mask_tracker import MaskTracker
 from tests.test_tracker import GRID, _dets, _ids, _rect
 
 

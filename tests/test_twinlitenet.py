@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from engine.errors import ModelError
-from models.twinlitenet import CARD, TwinLiteNet, load_network
+from segengine.errors import ModelError
+from segengine.models.twinlitenet import CARD, TwinLiteNet, load_network
 
 REL_TOL = 1e-4  # max abs diff, relative to the reference output's max abs value
 ARGMAX_AGREE = 0.999

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from engine.download import download
-from engine.errors import DownloadError, ModelError
-from models import zoo
+from segengine.download import download
+from segengine.errors import DownloadError, ModelError
+from segengine.models import zoo
 
 PAYLOAD = bytes(range(256)) * 4096  # 1 MiB
 SHA = hashlib.sha256(PAYLOAD).hexdigest()

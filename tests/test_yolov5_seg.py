@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.yolov5_seg import CARD, YoloV5Seg, load_network
+from segengine.models.yolov5_seg import CARD, YoloV5Seg, load_network
 
 NC = 80
 BOX, SCORES = slice(0, 4), slice(4, 5 + NC)  # then the 32 mask coefficients
@@ -103,7 +103,7 @@ def test_non_square_input(net: torch.nn.Module, reference: dict[str, np.ndarray]
 
 
 def test_input_size_must_be_a_multiple_of_32(net: torch.nn.Module) -> None:
-    from engine.errors import ConfigError
+    from segengine.errors import ConfigError
 
     with pytest.raises(ConfigError, match="multiples of 32"):
         net(torch.zeros(1, 3, 360, 640))
@@ -111,7 +111,7 @@ def test_input_size_must_be_a_multiple_of_32(net: torch.nn.Module) -> None:
 
 @pytest.fixture(scope="module")
 def arch(shared: Path) -> dict:
-    from models.safe_pickle import read_yolo_checkpoint
+    from segengine.models.safe_pickle import read_yolo_checkpoint
 
     return read_yolo_checkpoint(shared / "models" / CARD.filename).yaml
 

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models.card import ModelCard
+from segengine.models.card import ModelCard
 
 
 def predict_classes(model: str, net: torch.nn.Module, card: ModelCard, bgr: np.ndarray) -> dict[str, np.ndarray]:

@@ -1,6 +1,6 @@
 """The trackers under test, each behind one contract: ``step(dets, t) -> TrackedObjects``.
 
-- ``ours``: ``engine.tracking.mask_tracker.MaskTracker`` (default ``TrackerConfig``: mask
+- ``ours``: ``segengine.tracking.mask_tracker.MaskTracker`` (default ``TrackerConfig``: mask
   smoothing 0.5) with masks; ``ours-boxes``: the same tracker given boxes only; ``ours-raw``:
   with masks, smoothing off (``smoothing=0``), the reference for the flicker metric.
 - ``iou``: the engine's earlier ``IouTracker`` (engine/tracking/iou.py), wrapped to ``step()``;
@@ -25,10 +25,10 @@ from typing import Protocol
 
 import numpy as np
 
-from engine.geometry import Placement
-from engine.tracking.base import Detections, TrackedObjects
-from engine.tracking.iou import IouTracker
-from engine.types import Instances
+from segengine.geometry import Placement
+from segengine.tracking.base import Detections, TrackedObjects
+from segengine.tracking.iou import IouTracker
+from segengine.types import Instances
 
 
 class StepTracker(Protocol):
@@ -85,8 +85,8 @@ class ByteTrackStep:
 
 
 def _ours(smoothing: bool, mask_scale: float) -> StepTracker:
-    from engine.tracking.association import BoxGrid
-    from engine.tracking.mask_tracker import MaskTracker, TrackerConfig
+    from segengine.tracking.association import BoxGrid
+    from segengine.tracking.mask_tracker import MaskTracker, TrackerConfig
 
     config = TrackerConfig() if smoothing else TrackerConfig(smoothing=0.0)
     # Boxes come in frame pixels, masks on a grid ``mask_scale`` times as fine: tell the tracker,

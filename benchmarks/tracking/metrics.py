@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine.tracking.base import TrackedObjects
-from engine.tracking.iou import box_iou
+from segengine.tracking.base import TrackedObjects
+from segengine.tracking.iou import box_iou
 
 MIN_IOU = 0.5  # the MOTChallenge / CLEAR MOT match threshold on boxes
 

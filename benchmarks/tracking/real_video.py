@@ -29,10 +29,10 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))  # run as a script from anywhere
 
 from benchmarks.tracking.baselines import ByteTrackStep  # noqa: E402
-from engine.render.overlay import OverlayRenderer  # noqa: E402
-from engine.tracking.base import Detections  # noqa: E402
-from engine.tracking.mask_tracker import MaskTracker  # noqa: E402
-from engine.types import FrameResult, Instances, SourceInfo  # noqa: E402
+from segengine.render.overlay import OverlayRenderer  # noqa: E402
+from segengine.tracking.base import Detections  # noqa: E402
+from segengine.tracking.mask_tracker import MaskTracker  # noqa: E402
+from segengine.types import FrameResult, Instances, SourceInfo  # noqa: E402
 
 DEFAULT_VIDEO = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
 PERSON = 0  # COCO
@@ -83,7 +83,7 @@ class ByteTrackSink:
 
     def __init__(self, path: Path, info: SourceInfo, recorder: Recorder, png_dir: Path,
                  png_frames: set[int]) -> None:
-        from engine.sinks.video import VideoSink
+        from segengine.sinks.video import VideoSink
 
         self.video, self.recorder, self.renderer = VideoSink(path, info), recorder, OverlayRenderer()
         self.png_dir, self.png_frames = png_dir, png_frames
@@ -151,10 +151,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     mirror = args.model_dir or os.environ.get("SEGENGINE_MODEL_DIR") or REPO.parent / "shared" / "models"
 
-    from engine.capture.factory import open_source
-    from engine.pipeline import Pipeline
-    from engine.sinks.video import VideoSink
-    from models.zoo import WeightDirs
+    from segengine.capture.factory import open_source
+    from segengine.pipeline import Pipeline
+    from segengine.sinks.video import VideoSink
+    from segengine.models.zoo import WeightDirs
 
     source = open_source(str(args.video))
     source.open()

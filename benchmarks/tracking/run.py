@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         parser.error(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
-    from engine.tracking.mask_tracker import TrackerConfig
+    from segengine.tracking.mask_tracker import TrackerConfig
 
     print(f"ours = MaskTracker({TrackerConfig()})")
     print(f"{args.seeds} seeds x {args.frames} frames; "

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 import cv2
 import numpy as np
 
-from engine.tracking.base import Detections
+from segengine.tracking.base import Detections
 
 FRAME = (384, 640)  # (height, width), pixels
 GRID = (96, 160)  # mask grid, 1/4 of the frame

@@ -22,8 +22,8 @@ from enum import Enum
 
 import numpy as np
 
-from engine.backends.cuda import Buffer, Event, Memory
-from engine.errors import BackendError
+from segengine.backends.cuda import Buffer, Event, Memory
+from segengine.errors import BackendError
 
 
 class State(Enum):

@@ -17,10 +17,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from engine.backends.cuda import Buffer, Memory
-from engine.capture.base import SourceTimeout
-from engine.capture.factory import open_source
-from engine.errors import ConfigError, EndOfStream
+from segengine.backends.cuda import Buffer, Memory
+from segengine.capture.base import SourceTimeout
+from segengine.capture.factory import open_source
+from segengine.errors import ConfigError, EndOfStream
 
 
 def calibration_identity(uri: str, frames: int, batch: int) -> str:

@@ -17,8 +17,8 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from engine.download import sha256_of
-from engine.errors import BackendError
+from segengine.download import sha256_of
+from segengine.errors import BackendError
 
 SIDECAR_FORMAT = 1
 PRECISIONS = ("fp32", "fp16", "int8")

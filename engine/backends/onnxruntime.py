@@ -8,8 +8,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from engine.errors import BackendError
-from engine.graph.compose import read_description
+from segengine.errors import BackendError
+from segengine.graph.compose import read_description
 
 
 class OnnxRuntimeBackend:

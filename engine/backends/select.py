@@ -6,10 +6,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.backends.base import Backend
-from engine.backends.probe import GpuEnvironment, detect
-from engine.errors import BackendError, ConfigError
-from models import zoo
+from segengine.backends.base import Backend
+from segengine.backends.probe import GpuEnvironment, detect
+from segengine.errors import BackendError, ConfigError
+from segengine.models import zoo
 
 NAMES = ("auto", "onnxruntime", "tensorrt", "torch")
 
@@ -29,7 +29,7 @@ def choose(requested: str, env: GpuEnvironment | None = None) -> Choice:
         return Choice("onnxruntime", "asked for")
     env = env or detect()
     if requested == "tensorrt":
-        from engine.build import require_tensorrt
+        from segengine.build import require_tensorrt
 
         require_tensorrt(env)  # raises with every missing piece and its fix
         return Choice("tensorrt", f"asked for; TensorRT {env.tensorrt_version} on {_gpu(env)}")
@@ -58,11 +58,11 @@ def open_backend(choice: Choice, name: str, frame_size: tuple[int, int], *, mode
     if choice.name == "torch":
         if model_file is not None:
             raise BackendError(f"{model_file}: an ONNX model runs on --backend onnxruntime or tensorrt, not torch")
-        from engine.backends.torch import TorchBackend
-        from engine.graph.compose import build_graph
+        from segengine.backends.torch import TorchBackend
+        from segengine.graph.compose import build_graph
 
         return TorchBackend(build_graph(name, frame_size, dirs))
-    from engine.graph.cache import cached_custom_graph, cached_graph
+    from segengine.graph.cache import cached_custom_graph, cached_graph
 
     if model_file is not None:
         graph = cached_custom_graph(model_file, frame_size, classes=classes, dirs=dirs)
@@ -72,7 +72,7 @@ def open_backend(choice: Choice, name: str, frame_size: tuple[int, int], *, mode
         label = f"{name}-{frame_size[1]}x{frame_size[0]}"
     if choice.name == "tensorrt":
         return _open_tensorrt(graph, label, dirs)
-    from engine.backends.onnxruntime import OnnxRuntimeBackend
+    from segengine.backends.onnxruntime import OnnxRuntimeBackend
 
     return OnnxRuntimeBackend(graph)
 
@@ -81,14 +81,14 @@ def _open_tensorrt(graph: Path, label: str, dirs: zoo.WeightDirs) -> Backend:
     """The cached engine for ``graph`` (built when missing); an engine TensorRT refuses is rebuilt once."""
     import onnx
 
-    from engine.backends.cuda import open_memory
-    from engine.backends.engine_cache import EngineCache
-    from engine.build import BuildRequest, build_into, engine_folder, engine_for_run, require_tensorrt
-    from engine.graph.compose import read_description
+    from segengine.backends.cuda import open_memory
+    from segengine.backends.engine_cache import EngineCache
+    from segengine.build import BuildRequest, build_into, engine_folder, engine_for_run, require_tensorrt
+    from segengine.graph.compose import read_description
 
     env = detect()
     require_tensorrt(env)
-    from engine.backends.tensorrt import TensorRTBackend
+    from segengine.backends.tensorrt import TensorRTBackend
 
     description = read_description(onnx.load(str(graph), load_external_data=False))
     memory = open_memory("auto")

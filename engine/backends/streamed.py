@@ -19,9 +19,9 @@ from typing import Protocol
 
 import numpy as np
 
-from engine.backends.buffers import SlotRing
-from engine.backends.cuda import Buffer, Event, Graph, Memory, Stream
-from engine.errors import BackendError
+from segengine.backends.buffers import SlotRing
+from segengine.backends.cuda import Buffer, Event, Graph, Memory, Stream
+from segengine.errors import BackendError
 
 
 @dataclass(frozen=True)

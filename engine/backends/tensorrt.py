@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 import tensorrt as trt
 
-from engine.backends.build_progress import BuildProgress
-from engine.backends.calibration import CalibrationFeeder, CalibrationTable
-from engine.backends.cuda import Memory, Stream
-from engine.backends.engine_cache import ProfileEntry
-from engine.backends.streamed import IOSpec, StreamedRuntime, TensorSpec
-from engine.errors import BackendError
+from segengine.backends.build_progress import BuildProgress
+from segengine.backends.calibration import CalibrationFeeder, CalibrationTable
+from segengine.backends.cuda import Memory, Stream
+from segengine.backends.engine_cache import ProfileEntry
+from segengine.backends.streamed import IOSpec, StreamedRuntime, TensorSpec
+from segengine.errors import BackendError
 
 
 def version() -> str:

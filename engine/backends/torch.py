@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from engine.errors import BackendError
-from engine.graph.compose import SegmentationGraph
+from segengine.errors import BackendError
+from segengine.graph.compose import SegmentationGraph
 
 
 class TorchBackend:

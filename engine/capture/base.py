@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
-from engine.errors import ConfigError, SourceError
-from engine.types import Frame, SourceInfo, SourceStatus
+from segengine.errors import ConfigError, SourceError
+from segengine.types import Frame, SourceInfo, SourceStatus
 
 __all__ = ["Source", "SourceOptions", "SourceStatus", "SourceTimeout"]
 

@@ -19,17 +19,17 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 import cv2
 
-from engine.capture.base import Source, SourceOptions, SourceStatus
-from engine.capture.images import ImageFolderSource, is_glob, list_images
-from engine.capture.network import SCHEMES as NETWORK_SCHEMES
-from engine.capture.network import network_source
-from engine.capture.opencv import GSTREAMER_FIX, OpenCVSource, csi_pipeline, opencv_has_gstreamer
-from engine.capture.pyav import PyAVFileSource, PyAVSource
-from engine.capture.files import check_readable_file
-from engine.capture.reconnect import ReconnectingSource
-from engine.capture.synthetic import SyntheticSource
-from engine.errors import ConfigError, EndOfStream, SourceError
-from engine.types import Frame, SourceInfo
+from segengine.capture.base import Source, SourceOptions, SourceStatus
+from segengine.capture.images import ImageFolderSource, is_glob, list_images
+from segengine.capture.network import SCHEMES as NETWORK_SCHEMES
+from segengine.capture.network import network_source
+from segengine.capture.opencv import GSTREAMER_FIX, OpenCVSource, csi_pipeline, opencv_has_gstreamer
+from segengine.capture.pyav import PyAVFileSource, PyAVSource
+from segengine.capture.files import check_readable_file
+from segengine.capture.reconnect import ReconnectingSource
+from segengine.capture.synthetic import SyntheticSource
+from segengine.errors import ConfigError, EndOfStream, SourceError
+from segengine.types import Frame, SourceInfo
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 _DEVICE = re.compile(r"^/dev/video\d+$")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
-from engine.errors import SourceError
+from segengine.errors import SourceError
 
 _MP4_TOP_BOXES = frozenset({b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"uuid", b"moof", b"mfra",
                             b"styp", b"sidx", b"pdin", b"meta"})

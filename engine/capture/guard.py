@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from engine.errors import SourceError
+from segengine.errors import SourceError
 
 CLOSE_WAIT_S = 1.0  # a decode step takes milliseconds; longer means a blocked network or driver read
 

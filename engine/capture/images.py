@@ -12,9 +12,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from engine.capture.base import SourceStatus
-from engine.errors import ConfigError, EndOfStream, SourceError
-from engine.types import Frame, SourceInfo
+from segengine.capture.base import SourceStatus
+from segengine.errors import ConfigError, EndOfStream, SourceError
+from segengine.types import Frame, SourceInfo
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
 GLOB_CHARS = frozenset("*?[")

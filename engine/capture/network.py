@@ -13,11 +13,11 @@ from urllib.parse import urlsplit
 
 import av.error
 
-from engine.capture.base import Source, SourceOptions
-from engine.capture.pyav import PyAVSource
-from engine.capture.reconnect import ReconnectingSource
-from engine.capture.redact import Redactor
-from engine.errors import SourceError
+from segengine.capture.base import Source, SourceOptions
+from segengine.capture.pyav import PyAVSource
+from segengine.capture.reconnect import ReconnectingSource
+from segengine.capture.redact import Redactor
+from segengine.errors import SourceError
 
 # scheme → live: True, or None where the server's answer decides (HTTP serves files and feeds alike)
 SCHEMES: dict[str, bool | None] = {"rtsp": True, "rtsps": True, "rtmp": True, "rtmps": True, "srt": True,

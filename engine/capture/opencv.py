@@ -14,11 +14,11 @@ from fractions import Fraction
 
 import cv2
 
-from engine.capture.base import SourceStatus
-from engine.capture.guard import ReadGuard
-from engine.capture.pyav import sane_fps
-from engine.errors import EndOfStream, SourceError
-from engine.types import Frame, SourceInfo
+from segengine.capture.base import SourceStatus
+from segengine.capture.guard import ReadGuard
+from segengine.capture.pyav import sane_fps
+from segengine.errors import EndOfStream, SourceError
+from segengine.types import Frame, SourceInfo
 
 GSTREAMER_FIX = ("this OpenCV was built without GStreamer (the opencv-python and opencv-python-headless wheels "
                  "never have it), so GStreamer pipelines and csi:// cameras cannot be opened. Fix: use an "

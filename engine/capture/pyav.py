@@ -23,12 +23,12 @@ import av
 import av.error
 import numpy as np
 
-from engine.capture.base import SourceOptions, SourceStatus
-from engine.capture.files import check_readable_file, explain_unreadable
-from engine.capture.guard import ReadGuard
-from engine.capture.redact import Redactor
-from engine.errors import ConfigError, EndOfStream, SourceError
-from engine.types import Frame, SourceInfo
+from segengine.capture.base import SourceOptions, SourceStatus
+from segengine.capture.files import check_readable_file, explain_unreadable
+from segengine.capture.guard import ReadGuard
+from segengine.capture.redact import Redactor
+from segengine.errors import ConfigError, EndOfStream, SourceError
+from segengine.types import Frame, SourceInfo
 
 log = logging.getLogger("segengine.capture")
 

@@ -19,9 +19,9 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 
-from engine.capture.base import Source, SourceOptions, SourceStatus, SourceTimeout
-from engine.errors import EndOfStream, EngineError, SourceError
-from engine.types import Frame, SourceInfo
+from segengine.capture.base import Source, SourceOptions, SourceStatus, SourceTimeout
+from segengine.errors import EndOfStream, EngineError, SourceError
+from segengine.types import Frame, SourceInfo
 
 log = logging.getLogger("segengine.capture")
 

@@ -15,9 +15,9 @@ from fractions import Fraction
 import cv2
 import numpy as np
 
-from engine.capture.base import SourceStatus, SourceTimeout
-from engine.errors import ConfigError, EndOfStream, SourceError
-from engine.types import Frame, SourceInfo
+from segengine.capture.base import SourceStatus, SourceTimeout
+from segengine.errors import ConfigError, EndOfStream, SourceError
+from segengine.types import Frame, SourceInfo
 
 # RGB, saturated and distinct from the greys/greens of the background.
 COLOURS: tuple[tuple[int, int, int], ...] = (

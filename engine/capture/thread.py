@@ -16,9 +16,9 @@ from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Literal
 
-from engine.capture.base import Source, SourceStatus, SourceTimeout
-from engine.errors import ConfigError, EndOfStream, SourceError
-from engine.types import Frame
+from segengine.capture.base import Source, SourceStatus, SourceTimeout
+from segengine.errors import ConfigError, EndOfStream, SourceError
+from segengine.types import Frame
 
 _POLL_S = 0.05  # the longest any wait goes without re-checking stop / thread liveness
 

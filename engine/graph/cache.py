@@ -14,11 +14,11 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-import engine.graph as graph_pkg
-import models as models_pkg
-from engine.download import sha256_of
-from engine.graph.compose import build_graph, export_graph, model_names
-from models import zoo
+import segengine.graph as graph_pkg
+import segengine.models as models_pkg
+from segengine.download import sha256_of
+from segengine.graph.compose import build_graph, export_graph, model_names
+from segengine.models import zoo
 
 
 def _code_digest() -> str:
@@ -48,7 +48,7 @@ def cached_graph(name: str, frame_size: tuple[int, int], *, dirs: zoo.WeightDirs
 def cached_custom_graph(model_file: Path, frame_size: tuple[int, int], *, classes: Path | None = None,
                         dirs: zoo.WeightDirs | None = None) -> Path:
     """A user's ONNX model wrapped into a segengine graph for ``frame_size``; keyed by the file's bytes."""
-    from engine.graph.custom import export_custom_graph
+    from segengine.graph.custom import export_custom_graph
 
     dirs = dirs or zoo.WeightDirs.from_env()
     digest = hashlib.sha256(_code_digest().encode())

@@ -11,11 +11,11 @@ from pathlib import Path
 import onnx
 import torch
 
-from engine.errors import ConfigError
-from engine.graph.heads import Head, InstanceHead, LaneHead, SemanticHead
-from engine.graph.nms import TRANSLATIONS
-from engine.geometry import letterbox, stretch
-from models import zoo
+from segengine.errors import ConfigError
+from segengine.graph.heads import Head, InstanceHead, LaneHead, SemanticHead
+from segengine.graph.nms import TRANSLATIONS
+from segengine.geometry import letterbox, stretch
+from segengine.models import zoo
 
 PRESETS: dict[str, tuple[str, ...]] = {
     "road": ("twinlitenet", "yolov5s-seg"),

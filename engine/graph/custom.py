@@ -24,12 +24,12 @@ import onnx.version_converter
 import onnxruntime as ort
 import torch
 
-from engine.errors import ConfigError, ModelError
-from engine.geometry import letterbox, stretch
-from engine.graph.compose import (INPUT_NAME, METADATA_KEY, SegmentationGraph, check_frame_size, export_module,
+from segengine.errors import ConfigError, ModelError
+from segengine.geometry import letterbox, stretch
+from segengine.graph.compose import (INPUT_NAME, METADATA_KEY, SegmentationGraph, check_frame_size, export_module,
                                   write_description)
-from engine.graph.heads import InstanceHead, SemanticHead
-from models.card import Preprocess
+from segengine.graph.heads import InstanceHead, SemanticHead
+from segengine.models.card import Preprocess
 
 log = logging.getLogger(__name__)
 

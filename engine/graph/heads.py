@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from engine.graph.instances import InstanceDecode, Layout
-from engine.geometry import Placement
-from engine.graph.preprocess import FramePreprocess
-from models.card import Preprocess
+from segengine.graph.instances import InstanceDecode, Layout
+from segengine.geometry import Placement
+from segengine.graph.preprocess import FramePreprocess
+from segengine.models.card import Preprocess
 
 
 class Head(torch.nn.Module):

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from engine.geometry import Placement
-from models.card import Preprocess
+from segengine.geometry import Placement
+from segengine.models.card import Preprocess
 
 
 def _linear_taps(src: int, dst: int, *, clamp: bool) -> tuple[torch.Tensor, ...]:

@@ -8,7 +8,7 @@ from fractions import Fraction
 import cv2
 import numpy as np
 
-from engine.geometry import Placement
+from segengine.geometry import Placement
 
 
 def frame_region(placement: Placement, shape: tuple[int, int]) -> tuple[slice, slice]:

@@ -6,7 +6,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from engine.types import FrameResult
+from segengine.types import FrameResult
 
 
 @runtime_checkable

@@ -13,12 +13,12 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from engine.errors import ConfigError
-from engine.graph.readout import frame_region
-from engine.render.base import Renderer
-from engine.render.hud import draw_hud
-from engine.render.palette import GROUP_COLOURS, Colour, group_of, instance_colour, semantic_lut, text_colour
-from engine.types import FrameResult, Instances, Lanes, SemanticMap
+from segengine.errors import ConfigError
+from segengine.graph.readout import frame_region
+from segengine.render.base import Renderer
+from segengine.render.hud import draw_hud
+from segengine.render.palette import GROUP_COLOURS, Colour, group_of, instance_colour, semantic_lut, text_colour
+from segengine.types import FrameResult, Instances, Lanes, SemanticMap
 
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 _SHIFT = 4  # sub-pixel bits for cv2 drawing: smooth lines from float vertices

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
-from engine.types import FrameResult
+from segengine.types import FrameResult
 
 
 @runtime_checkable

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from engine.errors import ConfigError
-from engine.sinks.base import Sink
-from engine.sinks.images import ImageFolderSink
-from engine.sinks.jsonl import JsonlSink
-from engine.sinks.video import CONTAINERS, VideoSink
-from engine.sinks.window import WindowSink
-from engine.types import SourceInfo
+from segengine.errors import ConfigError
+from segengine.sinks.base import Sink
+from segengine.sinks.images import ImageFolderSink
+from segengine.sinks.jsonl import JsonlSink
+from segengine.sinks.video import CONTAINERS, VideoSink
+from segengine.sinks.window import WindowSink
+from segengine.types import SourceInfo
 
 _IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 

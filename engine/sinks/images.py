@@ -8,8 +8,8 @@ from pathlib import Path
 
 import cv2
 
-from engine.errors import ConfigError, SinkError
-from engine.types import FrameResult
+from segengine.errors import ConfigError, SinkError
+from segengine.types import FrameResult
 
 _QUALITY = {"jpg": [cv2.IMWRITE_JPEG_QUALITY, 95], "jpeg": [cv2.IMWRITE_JPEG_QUALITY, 95],
             "webp": [cv2.IMWRITE_WEBP_QUALITY, 95]}

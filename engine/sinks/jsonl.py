@@ -39,8 +39,8 @@ from typing import IO, Any
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from engine.errors import SinkError
-from engine.types import FrameResult, Instances, Lanes
+from segengine.errors import SinkError
+from segengine.types import FrameResult, Instances, Lanes
 
 
 def encode_masks(instances: Instances) -> list[dict[str, Any]]:

@@ -24,8 +24,8 @@ import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
-from engine.errors import SinkError
-from engine.types import FrameResult, SourceInfo
+from segengine.errors import SinkError
+from segengine.types import FrameResult, SourceInfo
 
 log = logging.getLogger(__name__)
 

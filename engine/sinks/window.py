@@ -8,8 +8,8 @@ import sys
 
 import cv2
 
-from engine.errors import SinkError
-from engine.types import FrameResult
+from segengine.errors import SinkError
+from segengine.types import FrameResult
 
 _QUIT_KEYS = {ord("q"), ord("Q"), 27}  # 27 = Esc
 _FIX = ("install opencv-python instead of opencv-python-headless "

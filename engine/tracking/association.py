@@ -16,8 +16,8 @@ import cv2
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from engine.errors import ConfigError
-from engine.geometry import Placement
+from segengine.errors import ConfigError
+from segengine.geometry import Placement
 
 _GATED = -1.0  # similarity of a pair that may never match (below every gate)
 _EMPTY = np.zeros(0, np.intp)

@@ -7,8 +7,8 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from engine.errors import ConfigError
-from engine.types import Instances
+from segengine.errors import ConfigError
+from segengine.types import Instances
 
 
 @runtime_checkable

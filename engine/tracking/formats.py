@@ -36,9 +36,9 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from engine.errors import ConfigError
-from engine.sinks.jsonl import encode_mask
-from engine.tracking.base import Detections
+from segengine.errors import ConfigError
+from segengine.sinks.jsonl import encode_mask
+from segengine.tracking.base import Detections
 
 FORMATS = ("mot", "mots", "jsonl")
 GRID_FACTOR = 4  # masks go to the tracker at 1/4 resolution: 16× less work per mask IoU

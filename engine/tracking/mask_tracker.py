@@ -34,11 +34,11 @@ from dataclasses import dataclass, fields, replace
 import cv2
 import numpy as np
 
-from engine.errors import ConfigError
-from engine.tracking.association import BoxGrid, assign, buffered_iou, mask_iou, move_mask, similarity
-from engine.tracking.base import Detections, TrackedObjects
-from engine.tracking.kalman import BoxKalman, cxcywh_to_xyxy, xyxy_to_cxcywh
-from engine.types import Instances
+from segengine.errors import ConfigError
+from segengine.tracking.association import BoxGrid, assign, buffered_iou, mask_iou, move_mask, similarity
+from segengine.tracking.base import Detections, TrackedObjects
+from segengine.tracking.kalman import BoxKalman, cxcywh_to_xyxy, xyxy_to_cxcywh
+from segengine.types import Instances
 
 TENTATIVE, CONFIRMED, LOST = 0, 1, 2  # a track's state; also the index into the gate tables
 _NONE = np.zeros(0, np.int64)
@@ -72,7 +72,7 @@ class TrackerConfig:
 
 class MaskTracker:
     """``step(detections, t)`` → the confirmed tracks seen in this frame; ``update`` is the
-    pipeline's :class:`~engine.tracking.base.Tracker` adapter over :class:`Instances`.
+    pipeline's :class:`~segengine.tracking.base.Tracker` adapter over :class:`Instances`.
 
     ``grid`` maps the detections' box coordinates onto their mask grid (used to move a
     track's mask with its box); the default identity means boxes are in mask-grid cells.

@@ -17,13 +17,13 @@ from typing import Any
 
 from tqdm import tqdm
 
-from engine.errors import ConfigError
-from engine.sinks.jsonl import encode_mask
-from engine.tracking.association import BoxGrid
-from engine.tracking.base import TrackedObjects
-from engine.tracking.formats import FORMATS, GRID_FACTOR, FrameDets, detect_format, frame_rate, read_frames
-from engine.tracking.writers import open_writer
-from engine.tracking.mask_tracker import MaskTracker, TrackerConfig
+from segengine.errors import ConfigError
+from segengine.sinks.jsonl import encode_mask
+from segengine.tracking.association import BoxGrid
+from segengine.tracking.base import TrackedObjects
+from segengine.tracking.formats import FORMATS, GRID_FACTOR, FrameDets, detect_format, frame_rate, read_frames
+from segengine.tracking.writers import open_writer
+from segengine.tracking.mask_tracker import MaskTracker, TrackerConfig
 
 _SUFFIXES = {"mot": ".txt", "mots": ".txt", "jsonl": ".jsonl"}
 

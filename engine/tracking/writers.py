@@ -1,6 +1,6 @@
 """Writing re-tracked detections back in the format they came in: MOT, MOTS or the engine's JSONL.
 
-The layouts and the MOTS id convention are described in :mod:`engine.tracking.formats`.
+The layouts and the MOTS id convention are described in :mod:`segengine.tracking.formats`.
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from typing import Any, Protocol
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from engine.errors import ConfigError
-from engine.sinks.jsonl import JsonlSink, encode_mask
-from engine.tracking.base import TrackedObjects
-from engine.tracking.formats import FORMATS, FrameDets, to_coco
+from segengine.errors import ConfigError
+from segengine.sinks.jsonl import JsonlSink, encode_mask
+from segengine.tracking.base import TrackedObjects
+from segengine.tracking.formats import FORMATS, FrameDets, to_coco
 
 
 class TrackWriter(Protocol):

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.backends.probe import detect
-from engine.errors import BackendError
+from segengine.backends.probe import detect
+from segengine.errors import BackendError
 
 ENV = detect()
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not ENV.has_cuda, reason=f"no CUDA GPU: {ENV.no_gpu_reason()}")]
@@ -21,14 +21,14 @@ needs_tensorrt = pytest.mark.skipif(ENV.tensorrt_version is None, reason="Tensor
 
 
 def _kinds() -> list[str]:
-    from engine.backends.cuda import available
+    from segengine.backends.cuda import available
 
     return [k for k in ("torch", "cuda-python") if k in available()]
 
 
 @pytest.mark.parametrize("kind", _kinds())
 def test_pinned_device_round_trip_on_streams_with_events(kind: str) -> None:
-    from engine.backends.cuda import open_memory
+    from segengine.backends.cuda import open_memory
 
     memory = open_memory(kind)
     data = np.random.default_rng(0).integers(0, 256, 1 << 20, dtype=np.uint8)
@@ -57,8 +57,8 @@ def test_pinned_device_round_trip_on_streams_with_events(kind: str) -> None:
 def test_streamed_runtime_on_cuda_keeps_each_frames_outputs() -> None:
     import torch
 
-    from engine.backends.cuda import open_memory
-    from engine.backends.streamed import IOSpec, StreamedRuntime, TensorSpec
+    from segengine.backends.cuda import open_memory
+    from segengine.backends.streamed import IOSpec, StreamedRuntime, TensorSpec
 
     memory = open_memory("torch")
     shape = (1, 360, 640, 3)
@@ -93,8 +93,8 @@ def test_streamed_runtime_on_cuda_keeps_each_frames_outputs() -> None:
 
 
 def _reference(dirs, highway_frame: np.ndarray) -> tuple[Path, dict[str, np.ndarray]]:
-    from engine.backends.onnxruntime import OnnxRuntimeBackend
-    from engine.graph.cache import cached_graph
+    from segengine.backends.onnxruntime import OnnxRuntimeBackend
+    from segengine.graph.cache import cached_graph
 
     graph = cached_graph("road", highway_frame.shape[:2], dirs=dirs)
     backend = OnnxRuntimeBackend(graph)
@@ -114,8 +114,8 @@ def _agree(got: dict[str, np.ndarray], want: dict[str, np.ndarray], share: float
 
 @pytest.mark.skipif(ENV.cuda_device is None, reason="needs torch with CUDA")
 def test_torch_cuda_backend_matches_onnxruntime(dirs, highway_frame: np.ndarray) -> None:
-    from engine.backends.torch import TorchBackend
-    from engine.graph.compose import build_graph
+    from segengine.backends.torch import TorchBackend
+    from segengine.graph.compose import build_graph
 
     _, want = _reference(dirs, highway_frame)
     backend = TorchBackend(build_graph("road", highway_frame.shape[:2], dirs), device="cuda")
@@ -134,10 +134,10 @@ def test_tensorrt_engine_matches_onnxruntime(precision: str, share: float, dirs,
 
     import onnx
 
-    from engine.backends.cuda import open_memory
-    from engine.backends.tensorrt import TensorRTBackend
-    from engine.build import BuildRequest, build
-    from engine.graph.compose import read_description
+    from segengine.backends.cuda import open_memory
+    from segengine.backends.tensorrt import TensorRTBackend
+    from segengine.build import BuildRequest, build
+    from segengine.graph.compose import read_description
 
     graph, want = _reference(dirs, highway_frame)
     out = io.StringIO()
@@ -152,8 +152,8 @@ def test_tensorrt_engine_matches_onnxruntime(precision: str, share: float, dirs,
 
 @needs_tensorrt
 def test_an_engine_tensorrt_refuses_is_an_error_not_a_crash(dirs, highway_frame: np.ndarray, tmp_path: Path) -> None:
-    from engine.backends.cuda import open_memory
-    from engine.backends.tensorrt import TensorRTBackend
+    from segengine.backends.cuda import open_memory
+    from segengine.backends.tensorrt import TensorRTBackend
 
     junk = tmp_path / "junk.engine"
     junk.write_bytes(b"\x00" * 4096)
@@ -166,8 +166,8 @@ def test_an_engine_tensorrt_refuses_is_an_error_not_a_crash(dirs, highway_frame:
 def test_int8_calibrates_on_real_frames(dirs, shared: Path, highway_frame: np.ndarray) -> None:
     import io
 
-    from engine.backends import tensorrt as trt_backend
-    from engine.build import BuildRequest, build
+    from segengine.backends import tensorrt as trt_backend
+    from segengine.build import BuildRequest, build
 
     if not trt_backend.supports("int8"):
         pytest.skip(f"TensorRT {ENV.tensorrt_version} has no implicit INT8 calibration")

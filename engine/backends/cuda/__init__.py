@@ -15,7 +15,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from engine.errors import BackendError
+from segengine.errors import BackendError
 
 KINDS = ("torch", "cuda-python", "host")
 
@@ -156,7 +156,7 @@ def available() -> dict[str, str]:
 def open_memory(kind: str = "auto") -> Memory:
     """``torch`` when torch has CUDA, else ``cuda-python``; ``host`` only when asked for."""
     if kind == "host":
-        from engine.backends.cuda.host import HostMemory
+        from segengine.backends.cuda.host import HostMemory
 
         return HostMemory()
     have = available()
@@ -166,10 +166,10 @@ def open_memory(kind: str = "auto") -> Memory:
     for name in order:
         if name in have:
             if name == "torch":
-                from engine.backends.cuda.torch_cuda import TorchCudaMemory
+                from segengine.backends.cuda.torch_cuda import TorchCudaMemory
 
                 return TorchCudaMemory()
-            from engine.backends.cuda.cuda_python import CudaPythonMemory
+            from segengine.backends.cuda.cuda_python import CudaPythonMemory
 
             return CudaPythonMemory()
     raise BackendError("no CUDA memory implementation: install a CUDA build of torch (`pip install torch`) "

@@ -11,8 +11,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from engine.backends.cuda import Buffer, GpuInfo, Ledger
-from engine.errors import BackendError
+from segengine.backends.cuda import Buffer, GpuInfo, Ledger
+from segengine.errors import BackendError
 
 try:  # cuda-python 12.6+ moved the bindings; older releases keep `cuda.cudart`
     from cuda.bindings import runtime as cudart

@@ -14,8 +14,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from engine.backends.cuda import Buffer, GpuInfo, Ledger
-from engine.errors import BackendError
+from segengine.backends.cuda import Buffer, GpuInfo, Ledger
+from segengine.errors import BackendError
 
 
 class HostStream:

@@ -10,8 +10,8 @@ from collections.abc import Callable
 
 import torch
 
-from engine.backends.cuda import Buffer, GpuInfo, Ledger
-from engine.errors import BackendError
+from segengine.backends.cuda import Buffer, GpuInfo, Ledger
+from segengine.errors import BackendError
 
 
 class TorchStream:
