@@ -37,18 +37,15 @@ def _timed(step, frames: list) -> float:
 
 
 def bare_tensorrt(graph: Path, label: str, frames: list) -> dict[str, object]:
-    import onnx
-
     from segengine.backends.cuda import open_memory
     from segengine.backends.probe import detect
-    from segengine.backends.tensorrt import TensorRTBackend
+    from segengine.backends.tensorrt import EngineRunner
     from segengine.build import engine_for_run
-    from segengine.graph.compose import read_description
     from segengine.models.zoo import WeightDirs
 
     memory = open_memory("auto")
     path, key = engine_for_run(graph, detect(), WeightDirs.from_env(), memory, label=label)
-    backend = TensorRTBackend(path, read_description(onnx.load(str(graph), load_external_data=False)), memory)
+    backend = EngineRunner(path, memory)
     try:
         sync = _timed(backend.infer, frames)
         backend.submit(frames[0])
@@ -67,11 +64,13 @@ def bare_tensorrt(graph: Path, label: str, frames: list) -> dict[str, object]:
 
 
 def bare_torch(name: str, size: tuple[int, int], frames: list) -> dict[str, object]:
+    from segengine.backends.base import BackendOptions
     from segengine.backends.torch import TorchBackend
     from segengine.graph.compose import build_graph
     from segengine.models.zoo import WeightDirs
 
-    backend = TorchBackend(build_graph(name, size, WeightDirs.from_env()), device="cuda")
+    graph = build_graph(name, size, WeightDirs.from_env())
+    backend = TorchBackend(graph, graph.spec(), BackendOptions(device="cuda"))
     try:
         return {"infer": _timed(backend.infer, frames)}
     finally:
@@ -99,7 +98,7 @@ def main() -> int:
     args = parser.parse_args()
 
     from segengine.backends.probe import detect
-    from segengine.backends.select import choose
+    from segengine.backends.registry import choose
     from segengine.errors import EngineError
 
     env = detect()

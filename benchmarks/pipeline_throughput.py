@@ -26,6 +26,7 @@ import onnxruntime as ort
 
 from segengine.backends.onnxruntime import OnnxRuntimeBackend
 from segengine.graph.cache import cached_graph
+from segengine.graph.spec import GraphSpec
 from segengine.models.zoo import WeightDirs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,7 +34,7 @@ DEFAULT_VIDEO = REPO.parent / "shared" / "data" / "videos" / "udacity_lanelines_
 
 
 def bare(graph: Path, frames: list, spinning: bool) -> float:
-    backend = OnnxRuntimeBackend(graph, spinning=spinning)
+    backend = OnnxRuntimeBackend(graph, GraphSpec.read_file(graph), spinning=spinning)
     backend.infer(frames[0])  # warm-up: allocations, thread pool
     start = time.perf_counter()
     for frame in frames:

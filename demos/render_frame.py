@@ -12,9 +12,11 @@ import argparse
 from pathlib import Path
 
 import cv2
+import numpy as np
 
-from segengine.pipeline import Pipeline
+from segengine.layers import ClassMap, Instances, LaneLines
 from segengine.models.zoo import WeightDirs
+from segengine.pipeline import Pipeline
 
 
 def main() -> None:
@@ -28,16 +30,27 @@ def main() -> None:
 
     last = None
     with Pipeline(args.video, preset=args.preset, max_frames=args.index + 1, dirs=WeightDirs.from_env()) as pipeline:
-        for last in pipeline:
-            pass
+        for result in pipeline:
+            last = result
     if last is None or last.frame.index != args.index or last.rendered is None:
         raise SystemExit(f"{args.video}: has no frame {args.index}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     if not cv2.imwrite(str(args.out), last.rendered[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, args.quality]):
         raise SystemExit(f"{args.out}: could not write the image (is the extension .jpg or .png?)")
-    instances = last.instances if last.instances is not None else []
-    print(f"{args.out}: frame {args.index}, {len(instances)} instances, "
-          f"{len(last.lanes.polylines) if last.lanes else 0} lanes")
+    layers = "; ".join(_describe(name, layer) for name, layer in last.layers.items())
+    print(f"{args.out}: frame {args.index}; {layers}")
+
+
+def _describe(name: str, layer: object) -> str:
+    """One layer in a few words: what a glance at the picture should confirm."""
+    if isinstance(layer, Instances):
+        return f"{name}: {len(layer)} instances"
+    if isinstance(layer, LaneLines):
+        return f"{name}: " + ("lane map (not fitted)" if layer.polylines is None else f"{len(layer.polylines)} lanes")
+    if isinstance(layer, ClassMap):
+        present = np.unique(layer.classes)
+        return f"{name}: {', '.join(layer.class_names[i] for i in present if i < len(layer.class_names))}"
+    return f"{name}: {type(layer).__name__}"
 
 
 if __name__ == "__main__":

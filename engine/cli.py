@@ -74,7 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", type=Path, help="write the overlaid video here (.mp4)")
     p.add_argument("--json", type=Path, help="write one JSON line per frame here ('-' for stdout)")
     p.add_argument("--images-out", type=Path, help="write overlaid frames as images into this folder")
-    p.add_argument("--preset", default="road", help="road (default), street, or a single model name")
+    p.add_argument("--preset", help="road (default), street, or a single model name")
     p.add_argument("--model", type=Path, help="your own YOLO-seg or semantic ONNX model instead of a preset")
     p.add_argument("--classes", type=Path, help="class names for --model (one per line, or a JSON list)")
     p.add_argument("--backend", default="auto", help="auto (default), onnxruntime, tensorrt or torch")

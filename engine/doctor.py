@@ -171,11 +171,11 @@ def checks(env: GpuEnvironment | None = None) -> list[Check]:
 
 
 def paths(env: GpuEnvironment) -> list[str]:
-    """Which backends can run here, in auto's order."""
-    from segengine.backends.select import choose
+    """Which backends can run here, fastest first, and what auto picks."""
+    from segengine.backends.registry import available_report, choose
 
     choice = choose("auto", env)
-    return [f"backend auto → {choice.name}: {choice.reason}"]
+    return [*(f"backend {line}" for line in available_report(env)), f"backend auto → {choice.name}: {choice.reason}"]
 
 
 def report(found: list[Check], env: GpuEnvironment) -> tuple[str, int]:

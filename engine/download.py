@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import socket
 import tempfile
 import urllib.error
 import urllib.request
@@ -84,7 +83,7 @@ def _stream(url: str, out, *, size_bytes: int | None, timeout: float, progress: 
             return got
     except DownloadError:
         raise
-    except (socket.timeout, TimeoutError) as exc:
+    except TimeoutError as exc:
         raise DownloadError(f"{url}: no data for {timeout:g} s; the server stalled. Try again later.") from exc
     except urllib.error.HTTPError as exc:
         raise DownloadError(f"{url}: HTTP {exc.code} {exc.reason}") from exc

@@ -8,7 +8,6 @@ class. IoU is accumulated over the whole set (intersection and union summed over
 from __future__ import annotations
 
 import json
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,11 +16,12 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from segengine.backends.onnxruntime import OnnxRuntimeBackend
+from segengine.backends.base import Backend
+from segengine.backends.registry import choose, open_backend, prepare_for
 from segengine.errors import ConfigError
-from segengine.graph.compose import build_graph, export_graph
-from segengine.geometry import Placement
-from segengine.graph.readout import map_to_frame, masks_to_frame
+from segengine.graph.prepare import GraphTarget
+from segengine.graph.spec import GraphSpec
+from segengine.layers import Layer, decode_layers
 from segengine.models import zoo
 
 CAMVID_CLASSES = ("Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence",
@@ -99,42 +99,28 @@ def pairs(images: Path, labels: Path) -> list[tuple[Path, Path]]:
     return [(p, by_stem[p.stem]) for p in found]
 
 
-def predicted_classes(outputs: Mapping[str, np.ndarray], description: Mapping[str, object],
+def predicted_classes(layers: Mapping[str, Layer], spec: GraphSpec,
                       wanted: Mapping[str, set[str]]) -> dict[tuple[str, str], np.ndarray]:
-    """{(model, model class): bool frame mask} for the classes in ``wanted`` (model → classes)."""
+    """{(model, model class): bool frame mask} for the classes in ``wanted`` (model → classes), from
+    every layer that model gave (a class two of its layers share is their union)."""
     result: dict[tuple[str, str], np.ndarray] = {}
-    for out, info in description["outputs"].items():  # type: ignore[union-attr]
-        model, kind = info["model"], info["kind"]
-        need = wanted.get(model, set())
-        if not need:
-            continue
-        place = Placement.from_dict(info["placement"])
-        if kind == "binary":
-            cls = zoo.card(model).classes[("drivable", "lanes").index(out)]
-            if cls in need:
-                result[model, cls] = map_to_frame(outputs[out][0], place) == 1
-        elif kind == "semantic":
-            full = map_to_frame(outputs[out][0], place)
-            for cls in need:
-                result[model, cls] = full == info["classes"].index(cls)
-        elif kind == "instances":
-            valid = outputs["scores"][0] > 0
-            masks = masks_to_frame(outputs["masks"][0][valid], place)
-            ids = outputs["classes"][0][valid]
-            for cls in need:
-                hits = masks[ids == info["classes"].index(cls)]
-                result[model, cls] = hits.any(axis=0) if len(hits) else np.zeros(place.frame_size, bool)
+    for out in spec.outputs:
+        need = wanted.get(out.model, set()) & set(out.classes)
+        for cls, mask in layers[out.name].class_masks(need).items():
+            key = (out.model, cls)
+            result[key] = result[key] | mask if key in result else mask
     return result
 
 
 def evaluate(name: str, images: Path, labels: Path, *, mapping: Mapping[str, Mapping[str, list[str]]] | None = None,
-             dirs: zoo.WeightDirs | None = None, progress: bool = True) -> Report:
-    """Per-class IoU of preset or model ``name`` over the labelled images."""
+             dirs: zoo.WeightDirs | None = None, progress: bool = True, backend: str = "onnxruntime") -> Report:
+    """Per-class IoU of preset or model ``name`` over the labelled images, through ``backend``."""
     mapping = mapping or DEFAULT_MAPPING
     data = pairs(Path(images), Path(labels))
-    backends: dict[tuple[int, int], OnnxRuntimeBackend] = {}
+    choice = choose(backend)
+    backends: dict[tuple[int, int], Backend] = {}
     scores: dict[tuple[str, str], ClassScore] = {}
-    with tempfile.TemporaryDirectory(prefix="segengine-eval-") as tmp:
+    try:
         for image_path, label_path in tqdm(data, desc=f"eval {name}", disable=not progress):
             image = cv2.imread(str(image_path), cv2.IMREAD_COLOR)
             label = cv2.imread(str(label_path), cv2.IMREAD_UNCHANGED)
@@ -145,14 +131,13 @@ def evaluate(name: str, images: Path, labels: Path, *, mapping: Mapping[str, Map
                                   f"label image, got shape {label.shape}")
             size = image.shape[:2]
             if size not in backends:
-                graph = build_graph(name, size, dirs)
-                backends[size] = OnnxRuntimeBackend(export_graph(graph, Path(tmp) / f"{size[1]}x{size[0]}.onnx"))
-                _check_mapping(mapping, graph.describe())
-            backend = backends[size]
-            outputs = backend.infer(cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
-            models = {info["model"] for info in backend.description["outputs"].values()}  # type: ignore
+                backends[size] = open_backend(choice, prepare_for(choice, GraphTarget(name), size, dirs))
+                _check_mapping(mapping, backends[size].spec)
+            spec = backends[size].spec
+            layers = decode_layers(backends[size].infer(cv2.cvtColor(image, cv2.COLOR_BGR2RGB)), spec)
+            models = {out.model for out in spec.outputs}
             wanted = {m: {c for cs in mapping.get(m, {}).values() for c in cs} for m in models}
-            predicted = predicted_classes(outputs, backend.description, wanted)
+            predicted = predicted_classes(layers, spec, wanted)
             valid = label != CAMVID_VOID
             for model, targets in mapping.items():
                 if model not in models:
@@ -165,18 +150,19 @@ def evaluate(name: str, images: Path, labels: Path, *, mapping: Mapping[str, Map
                     score = scores.setdefault((model, target), ClassScore(model, target))
                     score.intersection += int((pred & truth & valid).sum())
                     score.union += int(((pred | truth) & valid).sum())
-        for backend in backends.values():
-            backend.close()
+    finally:
+        for opened in backends.values():
+            opened.close()
     return Report(images=len(data), scores=list(scores.values()))
 
 
-def _check_mapping(mapping: Mapping[str, Mapping[str, list[str]]], description: Mapping[str, object]) -> None:
-    for info in description["outputs"].values():  # type: ignore[union-attr]
-        model = info["model"]
-        classes = info.get("classes") or zoo.card(model).classes
+def _check_mapping(mapping: Mapping[str, Mapping[str, list[str]]], spec: GraphSpec) -> None:
+    for model in dict.fromkeys(out.model for out in spec.outputs):
+        classes = {c for out in spec.outputs if out.model == model for c in out.classes}
         for target, sources in mapping.get(model, {}).items():
             if target not in CAMVID_CLASSES:
-                raise ConfigError(f"mapping for {model}: {target!r} is not a CamVid class ({', '.join(CAMVID_CLASSES)})")
+                raise ConfigError(f"mapping for {model}: {target!r} is not a CamVid class "
+                                  f"({', '.join(CAMVID_CLASSES)})")
             unknown = [c for c in sources if c not in classes]
             if unknown:
                 raise ConfigError(f"mapping for {model}: {', '.join(unknown)} not among its classes")

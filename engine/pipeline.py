@@ -16,69 +16,70 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from segengine.backends.base import Backend, Pipelined
-from segengine.backends.select import Choice, choose, open_backend
+from segengine.backends.base import Backend, BackendOptions, Pipelined
+from segengine.backends.registry import Choice, choose, open_backend, prepare_for
 from segengine.capture.base import Source, SourceOptions, SourceTimeout
 from segengine.capture.factory import open_source
 from segengine.capture.thread import CaptureThread
-from segengine.errors import EndOfStream
-from segengine.lanes import LaneSmoother, fit_lanes
+from segengine.errors import ConfigError, EndOfStream
+from segengine.graph.prepare import GraphTarget
+from segengine.layers import Instances, LayerStage, decode_layers
+from segengine.models import zoo
 from segengine.render.base import Renderer
-from segengine.render.overlay import OverlayRenderer
-from segengine.results import decode
+from segengine.render.compose import LayerRenderer
 from segengine.sinks.base import Sink
+from segengine.stage import Stage
 from segengine.stats import RunStats
 from segengine.tracking.base import Tracker
-from segengine.tracking.mask_tracker import MaskTracker
 from segengine.types import Frame, FrameResult, SourceInfo
-from segengine.models import zoo
 
 log = logging.getLogger("segengine")
 POLL = 0.1  # seconds between stop-event checks in every wait
 
 
-@dataclass(frozen=True)
-class _Failure:
-    error: BaseException
-
-
-_END = object()
-
-
 class Pipeline:
     """``with Pipeline("video.mp4") as p: for result in p: ...`` — results in frame order.
 
-    ``sinks`` receive every result (rendered when ``render`` is on); ``close()`` stops all
-    threads within ``deadline`` seconds and finalises every sink, also after an error or a
-    signal.
+    What runs: ``preset`` (default "road") or your ``model`` ONNX (with ``classes``), on ``backend``
+    (a name, "auto" by default, or an opened Backend object, which then fixes the graph). ``sinks``
+    receive every result (rendered unless ``render=False``); ``close()`` stops all threads within
+    ``deadline`` seconds and finalises every sink, also after an error or a signal. Arguments that
+    would have no effect together are refused.
     """
 
-    def __init__(self, source: str | Source, *, preset: str = "road", model: Path | None = None,
-                 classes: Path | None = None, backend: str = "auto", sinks: Sequence[Sink] = (), render: bool = True,
-                 tracker: Tracker | None = None, renderer: Renderer | None = None,
+    def __init__(self, source: str | Source, *, preset: str | None = None, model: Path | None = None,
+                 classes: Path | None = None, backend: str | Backend = "auto", sinks: Sequence[Sink] = (),
+                 render: bool = True, tracker: Tracker | None = None, renderer: Renderer | None = None,
                  max_frames: int | None = None, queue_size: int = 4, dirs: zoo.WeightDirs | None = None,
-                 deadline: float = 5.0, loop: bool = False, source_options: SourceOptions | None = None) -> None:
-        self.source = (open_source(source, loop=loop, options=source_options) if isinstance(source, str)
+                 options: BackendOptions | None = None, deadline: float = 5.0, loop: bool | None = None,
+                 source_options: SourceOptions | None = None) -> None:
+        _check_arguments(source, preset, model, classes, backend, render, renderer, dirs, options, loop,
+                         source_options)
+        self.source = (open_source(source, loop=bool(loop), options=source_options) if isinstance(source, str)
                        else source)
-        self.preset, self.model, self.classes, self.dirs = preset, model, classes, dirs
-        self.choice: Choice = choose(backend)
+        self.target = GraphTarget(preset or "road", model, classes)
+        self.dirs = dirs
+        self.options = options or BackendOptions(dirs=dirs)
+        self._given: Backend | None = None if isinstance(backend, str) else backend
+        self.choice: Choice = (choose(backend) if isinstance(backend, str)
+                               else Choice(backend.name, "given to the pipeline"))
         self.sinks = list(sinks)
-        self.tracker = tracker or MaskTracker()
-        self.lane_smoother = LaneSmoother()
-        self.renderer = renderer or (OverlayRenderer() if render else None)
+        self.tracker = tracker
+        self.renderer = renderer or (LayerRenderer() if render else None)
         self.max_frames = max_frames
         self.deadline = deadline
         self.stats = RunStats()
         self._capture = CaptureThread(self.source, queue_size=queue_size)
-        self._results: queue.Queue[object] = queue.Queue(maxsize=queue_size)
         self._stop = threading.Event()
+        self._results: Stage[FrameResult] = Stage("results", maxsize=queue_size, stop=self._stop)
         self._infer_thread = threading.Thread(target=self._infer_loop, name="segengine-infer", daemon=True)
-        self._backend: Backend | None = None
+        self._backend: Backend | None = self._given
+        self._layer_stages: dict[str, LayerStage | None] = {}  # per output: its per-stream state
         self._started = self._closed = False
         self._done_times: deque[float] = deque(maxlen=30)  # for the HUD's fps over the last frames
 
@@ -128,8 +129,8 @@ class Pipeline:
                 sink.close()
             except Exception as exc:  # one sink failing must not keep the others from finalising
                 errors.append(exc)
-        if self._backend is not None and not self._infer_thread.is_alive():
-            self._backend.close()
+        if self._backend is not None and self._backend is not self._given and not self._infer_thread.is_alive():
+            self._backend.close()  # a backend given to the pipeline stays its owner's to close
         if errors:
             raise errors[0]
 
@@ -172,9 +173,9 @@ class Pipeline:
                 count += 1
             while pending and not self._stop.is_set():
                 self._collect(pending)
-            self._put(_END)
+            self._results.finish(EndOfStream("the pipeline's input ended"))
         except BaseException as exc:  # handed to the caller's thread, re-raised there
-            self._put(_Failure(exc))
+            self._results.finish(exc)
 
     def _collect(self, pending: deque[tuple[Frame, float]]) -> None:
         frame, submitted = pending.popleft()
@@ -183,29 +184,25 @@ class Pipeline:
 
     def _emit(self, frame: Frame, outputs: dict[str, np.ndarray], started: float) -> None:
         assert self._backend is not None
-        result = decode(outputs, self._backend.description, frame)
-        self._put(replace(result, timings={"infer": time.perf_counter() - started}))
+        layers = decode_layers(outputs, self._backend.spec)
+        self._results.put(FrameResult(frame, layers, timings={"infer": time.perf_counter() - started}))
 
     def _frame_size(self) -> tuple[int, int]:
         assert self._backend is not None
-        return tuple(self._backend.description["frame_size"])  # type: ignore[return-value]
+        return self._backend.spec.frame_size
 
     def _backend_for(self, size: tuple[int, int]) -> Backend:
         if self._backend is not None and self._frame_size() == size:
             return self._backend
+        if self._given is not None:
+            h, w = self._frame_size()
+            raise ConfigError(f"the backend given to the pipeline runs a graph for {w}x{h} frames; this source "
+                              f"gives {size[1]}x{size[0]}: pass a backend name instead, so graphs follow the frames")
         if self._backend is not None:
             self._backend.close()
-        self._backend = open_backend(self.choice, self.preset, size, model_file=self.model, classes=self.classes,
-                                     dirs=self.dirs)
+        self._backend = open_backend(self.choice, prepare_for(self.choice, self.target, size, self.dirs),
+                                     self.options)
         return self._backend
-
-    def _put(self, item: object) -> None:
-        while not self._stop.is_set():
-            try:
-                self._results.put(item, timeout=POLL)
-                return
-            except queue.Full:
-                continue
 
     # -- the caller's thread -----------------------------------------------------------------
 
@@ -213,22 +210,22 @@ class Pipeline:
         self.start()
         while not self._stop.is_set():
             try:
-                item = self._results.get(timeout=POLL)
+                result = self._results.get(timeout=POLL)
             except queue.Empty:
                 continue
-            if item is _END:
+            except EndOfStream:
                 break
-            if isinstance(item, _Failure):
-                raise item.error
-            yield self._finish(item)  # type: ignore[arg-type]
+            yield self._finish(result)
 
     def _finish(self, result: FrameResult) -> FrameResult:
         timings = dict(result.timings)
         t = time.perf_counter()
-        if result.instances is not None:
-            result = replace(result, instances=self.tracker.update(result.instances, result.frame.pts))
-        if result.lane_mask is not None:
-            result = replace(result, lanes=self.lane_smoother.update(fit_lanes(result.lane_mask)))
+        layers = dict(result.layers)
+        for name, layer in layers.items():
+            stage = self._stage_for(name, layer)
+            if stage is not None:
+                layers[name] = stage.update(layer, result.frame.pts)
+        result = replace(result, layers=layers)
         timings["post"] = time.perf_counter() - t
         result = replace(result, source=self._capture.status)
         now = time.monotonic()
@@ -247,6 +244,15 @@ class Pipeline:
         self.stats.add(timings, time.monotonic())
         return result
 
+    def _stage_for(self, name: str, layer: object) -> LayerStage | None:
+        """The output's per-stream stage, made on its first frame: the caller's tracker for the first
+        instances output, else its kind's own."""
+        if name not in self._layer_stages:
+            given = self.tracker is not None and isinstance(layer, Instances) and not any(
+                s is self.tracker for s in self._layer_stages.values())
+            self._layer_stages[name] = self.tracker if given else type(layer).stage()  # type: ignore[attr-defined]
+        return self._layer_stages[name]
+
     def _recent_fps(self) -> float:
         times = self._done_times
         return (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else 0.0
@@ -258,3 +264,21 @@ class Pipeline:
                 if on_result is not None:
                     on_result(result)
         return self.stats
+
+
+def _check_arguments(source: str | Source, preset: str | None, model: Path | None, classes: Path | None,
+                     backend: str | Backend, render: bool, renderer: Renderer | None, dirs: zoo.WeightDirs | None,
+                     options: BackendOptions | None, loop: bool | None, source_options: SourceOptions | None) -> None:
+    """Every combination that would silently do nothing is an error instead."""
+    if not isinstance(source, str) and (loop is not None or source_options is not None):
+        raise ConfigError("loop and source_options apply when the pipeline opens the source from a URI; "
+                          "for a ready source, pass them to open_source(uri, loop=..., options=...)")
+    if renderer is not None and not render:
+        raise ConfigError("render=False with a renderer: give one or the other")
+    if preset is not None and model is not None:
+        raise ConfigError(f"both a preset ({preset}) and your own model ({model}): choose one")
+    if classes is not None and model is None:
+        raise ConfigError("a class list (--classes) goes with your own model (--model FILE.onnx); "
+                          "the presets have their own classes")
+    if not isinstance(backend, str) and any(v is not None for v in (preset, model, dirs, options)):
+        raise ConfigError("a backend object runs its own graph: preset, model, dirs and options do not apply")

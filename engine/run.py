@@ -13,6 +13,8 @@ from tqdm import tqdm
 from segengine.capture.base import SourceOptions
 from segengine.capture.factory import open_source
 from segengine.capture.redact import Redactor
+from segengine.errors import ConfigError
+from segengine.graph.prepare import GraphTarget
 from segengine.logs import configure as configure_logging
 from segengine.pipeline import Pipeline
 from segengine.sinks.factory import open_sinks
@@ -58,6 +60,9 @@ def run(args: argparse.Namespace) -> int:
     from segengine.models.zoo import WeightDirs
 
     configure_logging(Redactor.for_url(args.source), verbose=args.verbose)
+    if args.model is not None and args.preset is not None:
+        raise ConfigError(f"--preset {args.preset} and --model {args.model}: choose one")
+    GraphTarget(args.preset or "road", args.model, args.classes)  # --classes without --model is refused
     if args.model is not None:  # a wrong model file is said before anything starts
         from segengine.graph.custom import inspect_onnx
 
@@ -65,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         from segengine.graph.compose import model_names
 
-        model_names(args.preset)
+        model_names(args.preset or "road")
     source = open_source(args.source, loop=args.loop, options=source_options(args))
     source.open()
     info = source.info

@@ -1,30 +1,22 @@
 """The data that moves through the engine: small, frozen, checked.
 
-Masks stay at model resolution (the prototype grid over the network input) with the
-``Placement`` that maps them to the frame; full-frame masks are made only on demand.
+The per-output layers (instances, maps, lanes, ...) live in ``segengine.layers``, one file per kind.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from functools import cached_property
 from fractions import Fraction
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 
+from segengine.checks import check
 from segengine.errors import ConfigError
-from segengine.geometry import Placement
-from segengine.graph.readout import box_masks, map_to_frame
+from segengine.layers import BinaryMap, Instances, LaneLines, SemanticMap
 
-Memory = Literal["host", "pinned", "device"]
 SourceState = Literal["idle", "streaming", "reconnecting", "ended", "failed", "closed"]
-
-
-def _check(cond: bool, what: str, expected: str, actual: object) -> None:
-    if not cond:
-        raise ConfigError(f"{what}: expected {expected}, got {actual}")
 
 
 @dataclass(frozen=True, eq=False)
@@ -33,14 +25,13 @@ class Frame:
     index: int  # 0-based position in its stream
     pts: float  # seconds, from the container (never derived from fps)
     stream: str = "0"
-    memory: Memory = "host"
     captured_at: float = 0.0  # time.monotonic() when it was read, for latency
 
     def __post_init__(self) -> None:
         img = self.image
-        _check(isinstance(img, np.ndarray) and img.ndim == 3 and img.shape[2] == 3 and img.dtype == np.uint8,
-               "Frame.image", "an H×W×3 uint8 array",
-               f"{getattr(img, 'shape', type(img))} {getattr(img, 'dtype', '')}")
+        check(isinstance(img, np.ndarray) and img.ndim == 3 and img.shape[2] == 3 and img.dtype == np.uint8,
+              "Frame.image", "an H×W×3 uint8 array",
+              f"{getattr(img, 'shape', type(img))} {getattr(img, 'dtype', '')}")
 
     @property
     def size(self) -> tuple[int, int]:
@@ -87,98 +78,47 @@ class SourceStatus:
         return text + (f"; partial: {self.partial}" if self.partial else "")
 
 
-@dataclass(frozen=True, eq=False)
-class Instances:
-    boxes: np.ndarray  # N×4 float32, xyxy in frame pixels
-    scores: np.ndarray  # N float32
-    class_ids: np.ndarray  # N int32
-    masks: np.ndarray  # N×h×w uint8 probabilities ×255 on the prototype grid
-    placement: Placement  # maps the mask grid to the frame
-    class_names: tuple[str, ...]
-    track_ids: np.ndarray = field(default=None)  # type: ignore[assignment]  # N int64, -1 = untracked
-
-    def __post_init__(self) -> None:
-        n = len(self.boxes)
-        _check(self.boxes.shape == (n, 4), "Instances.boxes", "N×4", self.boxes.shape)
-        _check(self.scores.shape == (n,), "Instances.scores", f"({n},)", self.scores.shape)
-        _check(self.class_ids.shape == (n,), "Instances.class_ids", f"({n},)", self.class_ids.shape)
-        _check(self.masks.ndim == 3 and len(self.masks) == n and self.masks.dtype == np.uint8,
-               "Instances.masks", f"{n}×h×w uint8", f"{self.masks.shape} {self.masks.dtype}")
-        if self.track_ids is None:
-            object.__setattr__(self, "track_ids", np.full(n, -1, np.int64))
-        _check(self.track_ids.shape == (n,), "Instances.track_ids", f"({n},)", self.track_ids.shape)
-
-    def __len__(self) -> int:
-        return len(self.boxes)
-
-    @property
-    def names(self) -> list[str]:
-        return [self.class_names[i] for i in self.class_ids]
-
-    def with_tracks(self, track_ids: np.ndarray) -> Instances:
-        return replace(self, track_ids=np.asarray(track_ids, np.int64))
-
-    def select(self, keep: np.ndarray) -> Instances:
-        return replace(self, boxes=self.boxes[keep], scores=self.scores[keep], class_ids=self.class_ids[keep],
-                       masks=self.masks[keep], track_ids=self.track_ids[keep])
-
-    @cached_property
-    def box_masks(self) -> list[tuple[int, int, np.ndarray]]:
-        """Per instance ``(x0, y0, bool h×w)``: its mask at frame resolution around its box (made once)."""
-        return box_masks(self.masks, self.boxes, self.placement)
-
-    def frame_masks(self) -> np.ndarray:
-        """bool N×H×W at frame resolution (2 MB per mask at 1080p: prefer ``box_masks``)."""
-        out = np.zeros((len(self), *self.placement.frame_size), bool)
-        for k, (x0, y0, m) in enumerate(self.box_masks):
-            out[k, y0:y0 + m.shape[0], x0:x0 + m.shape[1]] = m
-        return out
-
-    @classmethod
-    def from_outputs(cls, outputs: Mapping[str, np.ndarray], placement: Placement,
-                     class_names: tuple[str, ...]) -> Instances:
-        """From a graph's padded top-K outputs (batch row 0): keep the rows with a score."""
-        valid = outputs["scores"][0] > 0
-        return cls(boxes=outputs["boxes"][0][valid].astype(np.float32),
-                   scores=outputs["scores"][0][valid].astype(np.float32),
-                   class_ids=outputs["classes"][0][valid].astype(np.int32),
-                   masks=outputs["masks"][0][valid], placement=placement, class_names=class_names)
-
-
-@dataclass(frozen=True, eq=False)
-class SemanticMap:
-    classes: np.ndarray  # h×w uint8 class ids at model resolution
-    placement: Placement
-    class_names: tuple[str, ...]
-
-    def __post_init__(self) -> None:
-        _check(self.classes.ndim == 2 and self.classes.dtype == np.uint8, "SemanticMap.classes",
-               "an h×w uint8 map", f"{self.classes.shape} {self.classes.dtype}")
-
-    def to_frame(self) -> np.ndarray:
-        return map_to_frame(self.classes, self.placement)
-
-
-@dataclass(frozen=True, eq=False)
-class Lanes:
-    polylines: tuple[np.ndarray, ...]  # each K×2 float32 (x, y) in frame pixels, top to bottom
-
-    def __post_init__(self) -> None:
-        for line in self.polylines:
-            _check(line.ndim == 2 and line.shape[1] == 2, "Lanes.polylines[i]", "K×2", line.shape)
+L = TypeVar("L")
 
 
 @dataclass(frozen=True, eq=False)
 class FrameResult:
+    """One frame and everything the engine found in it: ``layers`` by output name (see
+    ``segengine.layers``), with typed accessors for the common kinds."""
+
     frame: Frame
-    instances: Instances | None = None
-    drivable: SemanticMap | None = None  # class 1 = drivable
-    lane_mask: SemanticMap | None = None  # class 1 = lane line
-    lanes: Lanes | None = None
-    semantic: SemanticMap | None = None
+    layers: Mapping[str, Any] = field(default_factory=dict)  # output name → layer (Instances, LaneLines, ...)
     timings: Mapping[str, float] = field(default_factory=dict)  # seconds per stage
     rendered: np.ndarray | None = None  # the overlay, once the renderer ran
     source: SourceStatus | None = None  # the source's health when this frame was finished
 
-    def with_timing(self, stage: str, seconds: float) -> FrameResult:
-        return replace(self, timings={**self.timings, stage: seconds})
+    def first(self, kind: type[L]) -> L | None:
+        """The first layer of type ``kind`` (in the graph's output order), or None."""
+        return next((layer for layer in self.layers.values() if isinstance(layer, kind)), None)
+
+    def get(self, name: str, kind: type[L]) -> L:
+        """The layer named ``name``, checked to be a ``kind``."""
+        layer = self.layers.get(name)
+        if not isinstance(layer, kind):
+            have = ", ".join(f"{n} ({type(v).__name__})" for n, v in self.layers.items()) or "none"
+            raise ConfigError(f"this result has no {kind.__name__} layer named {name!r} (layers: {have})")
+        return layer
+
+    def with_layer(self, name: str, layer: object) -> FrameResult:
+        return replace(self, layers={**self.layers, name: layer})
+
+    @property
+    def instances(self) -> Instances | None:
+        return self.first(Instances)
+
+    @property
+    def drivable(self) -> BinaryMap | None:
+        return self.first(BinaryMap)
+
+    @property
+    def lanes(self) -> LaneLines | None:
+        return self.first(LaneLines)
+
+    @property
+    def semantic(self) -> SemanticMap | None:
+        return self.first(SemanticMap)

@@ -53,7 +53,8 @@ CARD = ModelCard(
     licence="MIT",
     upstream="https://github.com/sacmehta/EdgeNets",
     accuracy=(
-        "mean IoU over Road, Pavement, Building, Car, Pedestrian, Sky, Tree mapped to CamVid: 0.726 on the 12 camvid12 frames "
+        "mean IoU over Road, Pavement, Building, Car, Pedestrian, Sky, Tree mapped to CamVid: 0.726 on the 12 "
+        "camvid12 frames "
         "(upstream: 0.742 on the full 233-frame test split)"
     ),
 )

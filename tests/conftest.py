@@ -15,8 +15,9 @@ SHARED = Path(os.environ.get("SEGENGINE_SHARED", REPO.parent / "shared"))
 
 @pytest.fixture(scope="session")
 def shared() -> Path:
+    """The real weights, videos and references; tests that need them skip without them."""
     if not (SHARED / "models").is_dir():
-        pytest.fail(f"shared data not found at {SHARED}; set SEGENGINE_SHARED to the shared/ folder")
+        pytest.skip(f"needs the shared data (weights, videos): not found at {SHARED}; set SEGENGINE_SHARED")
     return SHARED
 
 
@@ -34,3 +35,15 @@ def highway_frame(shared: Path) -> np.ndarray:
             if index == 4:
                 return decoded.to_ndarray(format="rgb24")
     raise AssertionError("video too short")
+
+
+# The fast unit layer is `python -m pytest -m "not integration"`: no weights, no real data, no servers.
+_NEEDS_DATA = {"shared", "dirs", "highway_frame", "env"}
+_SERVER_MODULES = {"test_live_run", "test_live_servers", "test_live_sources", "test_reconnect", "test_package"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        module = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
+        if _NEEDS_DATA & set(getattr(item, "fixturenames", ())) or module in _SERVER_MODULES:
+            item.add_marker(pytest.mark.integration)

@@ -20,7 +20,6 @@ from urllib.parse import parse_qs, urlsplit
 
 import cv2
 
-
 from tests.live_servers import HOST, free_port, moving_frame
 
 

@@ -14,11 +14,11 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterable, Sequence
 from fractions import Fraction
 from functools import lru_cache
 from pathlib import Path
 from types import TracebackType
-from typing import Iterable, Sequence
 from urllib.parse import quote
 
 import av

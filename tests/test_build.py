@@ -221,7 +221,7 @@ def fake_trt(monkeypatch: pytest.MonkeyPatch) -> types.SimpleNamespace:
     monkeypatch.setitem(sys.modules, "segengine.backends.tensorrt", module)
     import segengine.backends
 
-    monkeypatch.setattr(engine.backends, "tensorrt", module, raising=False)
+    monkeypatch.setattr(segengine.backends, "tensorrt", module, raising=False)
     return state
 
 

@@ -30,7 +30,7 @@ def test_models_list_shows_all_models_with_licences(env: dict[str, str]) -> None
     out = _cli("models", "list", env=env)
     assert out.returncode == 0, out.stderr
     for name, licence in [("twinlitenet", "MIT"), ("yolov5s-seg", "GPL-3.0"), ("espnetv2-cityscapes", "MIT")]:
-        line = next(l for l in out.stdout.splitlines() if l.startswith(name))
+        line = next(row for row in out.stdout.splitlines() if row.startswith(name))
         assert licence in line and "mirror" in line
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,13 +14,14 @@ import onnx.helper as oh
 import pytest
 import torch
 
-from segengine.backends.onnxruntime import OnnxRuntimeBackend
 from segengine.errors import ConfigError, ModelError
 from segengine.geometry import letterbox
 from segengine.graph.compose import SegmentationGraph, build_graph, export_raw
 from segengine.graph.custom import export_custom_graph, inspect_onnx
 from segengine.graph.heads import InstanceHead
+from segengine.graph.spec import GraphSpec
 from segengine.models import zoo
+from tests.factories import onnx_backend
 
 YOLO = zoo.card("yolov5s-seg")
 ESPNET = zoo.card("espnetv2-cityscapes")
@@ -46,9 +48,9 @@ def v5_file(dirs: zoo.WeightDirs, tmp: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def v5_out(v5_file: Path, highway_frame: np.ndarray, tmp: Path) -> tuple[dict[str, np.ndarray], dict[str, object]]:
-    backend = OnnxRuntimeBackend(export_custom_graph(v5_file, highway_frame.shape[:2], tmp / "graph-v5.onnx"))
-    return backend.infer(highway_frame), backend.description
+def v5_out(v5_file: Path, highway_frame: np.ndarray, tmp: Path) -> tuple[dict[str, np.ndarray], GraphSpec]:
+    backend = onnx_backend(export_custom_graph(v5_file, highway_frame.shape[:2], tmp / "graph-v5.onnx"))
+    return backend.infer(highway_frame), backend.spec
 
 
 def test_v5_layout_is_read_from_shapes_and_metadata(v5_file: Path, tmp: Path) -> None:
@@ -60,7 +62,7 @@ def test_v5_layout_is_read_from_shapes_and_metadata(v5_file: Path, tmp: Path) ->
 
 
 def test_v5_custom_graph_equals_the_builtin_head(v5_out, dirs: zoo.WeightDirs, highway_frame: np.ndarray) -> None:
-    out, description = v5_out
+    out, spec = v5_out
     # Our own instance head on the raw model's square canvas, run in torch.
     place = letterbox(highway_frame.shape[:2], canvas=YOLO.input_size)
     head = InstanceHead("yolov5s-seg", zoo.load("yolov5s-seg", dirs=dirs), place, YOLO.preprocess, YOLO.classes)
@@ -70,10 +72,10 @@ def test_v5_custom_graph_equals_the_builtin_head(v5_out, dirs: zoo.WeightDirs, h
     np.testing.assert_allclose(out["boxes"], expected["boxes"], atol=0.05)
     np.testing.assert_allclose(out["scores"], expected["scores"], atol=1e-4)
     assert np.abs(out["masks"].astype(int) - expected["masks"]).max() <= 1
-    # The description has the presets' form, read from the same code.
-    reference = SegmentationGraph([head], highway_frame.shape[:2], "ref").describe()
-    assert description.keys() == reference.keys() and description["frame_size"] == [720, 1280]
-    assert description["outputs"]["instances"] == {**reference["outputs"]["instances"], "model": "named.onnx"}
+    # The spec has the presets' form, made by the same code.
+    reference = SegmentationGraph([head], highway_frame.shape[:2], "ref").spec()
+    assert spec.frame_size == (720, 1280) and spec.name == "named.onnx"
+    assert spec.outputs == (replace(reference.output("instances"), model="named.onnx"),)
 
 
 def test_v5_custom_graph_finds_the_presets_cars(v5_out, dirs: zoo.WeightDirs, highway_frame: np.ndarray) -> None:
@@ -102,7 +104,8 @@ class _AsYolov8(torch.nn.Module):
         return torch.cat([pred[..., :4], scores, pred[..., 5 + self.nc:]], dim=2).transpose(1, 2), protos
 
 
-def test_v8_layout_gives_the_same_detections(v5_out, dirs: zoo.WeightDirs, highway_frame: np.ndarray, tmp: Path) -> None:
+def test_v8_layout_gives_the_same_detections(v5_out, dirs: zoo.WeightDirs, highway_frame: np.ndarray,
+                                             tmp: Path) -> None:
     path = tmp / "v8.onnx"
     wrapper = _AsYolov8(zoo.load("yolov5s-seg", dirs=dirs), len(YOLO.classes)).eval()
     for name in ("torch.onnx", "torch.export", "onnxscript"):
@@ -116,13 +119,13 @@ def test_v8_layout_gives_the_same_detections(v5_out, dirs: zoo.WeightDirs, highw
     classes.write_text(json.dumps(list(YOLO.classes)))
     spec = inspect_onnx(path, classes)
     assert (spec.kind, spec.num_classes, spec.classes) == ("yolo-v8", 80, YOLO.classes)
-    backend = OnnxRuntimeBackend(export_custom_graph(path, highway_frame.shape[:2], tmp / "graph-v8.onnx", classes=classes))
+    backend = onnx_backend(export_custom_graph(path, highway_frame.shape[:2], tmp / "graph-v8.onnx", classes=classes))
     out, (expected, _) = backend.infer(highway_frame), v5_out
     np.testing.assert_array_equal(out["classes"], expected["classes"])
     np.testing.assert_allclose(out["boxes"], expected["boxes"], atol=0.05)
     np.testing.assert_allclose(out["scores"], expected["scores"], atol=1e-4)
     assert np.abs(out["masks"].astype(int) - expected["masks"]).max() <= 1
-    assert backend.description["outputs"]["instances"]["classes"] == list(YOLO.classes)
+    assert backend.spec.output("instances").classes == YOLO.classes
 
 
 def test_semantic_model_gives_the_presets_map(dirs: zoo.WeightDirs, highway_frame: np.ndarray, tmp: Path) -> None:
@@ -131,15 +134,15 @@ def test_semantic_model_gives_the_presets_map(dirs: zoo.WeightDirs, highway_fram
     classes.write_text("\n".join(ESPNET.classes) + "\n")
     spec = inspect_onnx(raw, classes)
     assert (spec.kind, spec.num_classes, spec.classes, spec.input_size) == ("semantic", 20, ESPNET.classes, (512, 1024))
-    backend = OnnxRuntimeBackend(export_custom_graph(raw, highway_frame.shape[:2], tmp / "graph-sem.onnx", classes=classes))
+    backend = onnx_backend(export_custom_graph(raw, highway_frame.shape[:2], tmp / "graph-sem.onnx", classes=classes))
     out = backend.infer(highway_frame)
     preset = build_graph("espnetv2-cityscapes", highway_frame.shape[:2], dirs)
     expected = _run(preset, preset.output_names, highway_frame)
     assert list(out) == ["semantic"] and out["semantic"].dtype == np.uint8
     assert out["semantic"].shape == expected["semantic"].shape == (1, 512, 1024)
     assert (out["semantic"] != expected["semantic"]).mean() < 1e-3
-    reference = preset.describe()["outputs"]["semantic"]
-    assert backend.description["outputs"]["semantic"] == {**reference, "model": "espnet.onnx"}
+    reference = preset.spec().output("semantic")
+    assert backend.spec.output("semantic") == replace(reference, model="espnet.onnx")
 
 
 def _tiny(path: Path, input_shape: list[int | str], nodes: list[onnx.NodeProto],
@@ -162,11 +165,11 @@ def test_dynamic_class_id_model_needs_a_class_list(tmp: Path, caplog: pytest.Log
         spec = inspect_onnx(path, ["road", "car", "sky", "tree"])
     assert spec.input_size == (640, 640) and spec.input_size_assumed and spec.class_ids
     assert "dynamic" in caplog.text
-    backend = OnnxRuntimeBackend(export_custom_graph(path, (90, 160), tmp / "graph-ids.onnx",
+    backend = onnx_backend(export_custom_graph(path, (90, 160), tmp / "graph-ids.onnx",
                                                      classes=["road", "car", "sky", "tree"]))
     out = backend.infer(np.full((90, 160, 3), 200, dtype=np.uint8))["semantic"]
     assert out.shape == (1, 640, 640) and out.dtype == np.uint8 and out.max() < 4
-    assert backend.description["outputs"]["semantic"]["classes"] == ["road", "car", "sky", "tree"]
+    assert backend.spec.output("semantic").classes == ("road", "car", "sky", "tree")
     spliced = onnx.load(str(tmp / "graph-ids.onnx"))  # one input, one opset: the user's brought up to ours
     assert [i.name for i in spliced.graph.input] == ["frame"] and len(spliced.opset_import) == 1
 

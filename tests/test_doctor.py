@@ -9,7 +9,7 @@ from dataclasses import replace
 import pytest
 
 from segengine.backends.probe import GpuEnvironment, detect
-from segengine.backends.select import choose
+from segengine.backends.registry import BACKENDS, NAMES, available_report, choose
 from segengine.doctor import INFO, MISSING, OK, Check, checks, report
 from segengine.errors import BackendError, ConfigError
 
@@ -19,7 +19,8 @@ JETSON = GpuEnvironment(None, None, None, None, "10.3.0", "12.6.0", "Jetson (L4T
 
 
 def test_doctor_on_this_machine_reports_each_piece_and_its_fix() -> None:
-    done = subprocess.run([sys.executable, "-m", "segengine.cli", "doctor"], capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-m", "segengine.cli", "doctor"], capture_output=True, text=True,
+                          timeout=120)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
 
@@ -68,17 +69,27 @@ def test_doctor_on_machines_we_do_not_have() -> None:
 
 
 @pytest.mark.parametrize(("env", "name", "reason"), [
-    (CPU, "onnxruntime", "no CUDA GPU (no NVIDIA driver is loaded"),
-    (CPU, "onnxruntime", "torch 2.13.0+cpu is a CPU-only build); ONNX Runtime on the CPU"),
-    (GPU, "tensorrt", "TensorRT 10.7.0 and a CUDA GPU (NVIDIA GeForce RTX 4090) are present"),
+    (CPU, "onnxruntime", "ONNX Runtime on the CPU (no CUDA GPU: no NVIDIA driver is loaded"),
+    (CPU, "onnxruntime", "torch 2.13.0+cpu is a CPU-only build)"),
+    (CPU, "onnxruntime", "not tensorrt: TensorRT is not installed (`pip install -e '.[tensorrt]'`"),
+    (GPU, "tensorrt", "TensorRT 10.7.0 on NVIDIA GeForce RTX 4090"),
     (replace(GPU, tensorrt_version=None), "torch",
-     "CUDA GPU NVIDIA GeForce RTX 4090 through torch; TensorRT is not installed"),
-    (JETSON, "tensorrt", "TensorRT 10.3.0 and a CUDA GPU (NVIDIA Jetson Orin Nano) are present"),
+     "torch on CUDA GPU NVIDIA GeForce RTX 4090; not tensorrt: TensorRT is not installed"),
+    (JETSON, "tensorrt", "TensorRT 10.3.0 on NVIDIA Jetson Orin Nano"),
     (replace(CPU, tensorrt_version="10.7.0"), "onnxruntime", "TensorRT 10.7.0 is installed but there is no usable"),
 ])
 def test_auto_says_what_it_chose_and_why(env: GpuEnvironment, name: str, reason: str) -> None:
     choice = choose("auto", env)
     assert choice.name == name and reason in choice.reason
+
+
+def test_auto_never_picks_torch_on_the_cpu_and_ranks_every_backend() -> None:
+    assert set(NAMES) == {"auto", *BACKENDS} and set(BACKENDS) == {"onnxruntime", "tensorrt", "torch"}
+    report = available_report(CPU)
+    assert report[0].startswith("tensorrt: no, TensorRT is not installed")
+    assert any(line.startswith("onnxruntime: yes") for line in report)
+    assert choose("auto", CPU).name == "onnxruntime"  # torch runs there, but slower than ONNX Runtime
+    assert [line.split(":")[0] for line in available_report(GPU)] == ["tensorrt", "torch", "onnxruntime"]
 
 
 def test_asked_for_backends() -> None:

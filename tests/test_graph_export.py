@@ -8,19 +8,20 @@ import numpy as np
 import pytest
 import torch
 
-from segengine.backends.onnxruntime import OnnxRuntimeBackend
 from segengine.errors import BackendError, ConfigError
+from segengine.geometry import letterbox
 from segengine.graph.compose import build_graph, export_graph
 from segengine.graph.instances import InstanceDecode
-from segengine.geometry import Placement, letterbox
 from segengine.graph.readout import masks_to_frame
+from segengine.graph.spec import GraphSpec
 from segengine.models import zoo
+from tests.factories import onnx_backend
 
 
 @pytest.fixture(scope="module")
 def road(dirs: zoo.WeightDirs, highway_frame: np.ndarray, tmp_path_factory: pytest.TempPathFactory):
     graph = build_graph("road", highway_frame.shape[:2], dirs)
-    return graph, OnnxRuntimeBackend(export_graph(graph, tmp_path_factory.mktemp("g") / "road.onnx"))
+    return graph, onnx_backend(export_graph(graph, tmp_path_factory.mktemp("g") / "road.onnx"))
 
 
 def test_road_graph_on_onnxruntime_equals_torch(road, highway_frame: np.ndarray) -> None:
@@ -51,8 +52,7 @@ def test_road_graph_finds_the_cars_and_the_road(road, highway_frame: np.ndarray)
     assert (out["classes"][0][~valid] == -1).all() and not out["masks"][0][~valid].any()
     assert not out["boxes"][0][~valid].any()
     # Each mask lies inside its box, at highway_frame resolution.
-    info = backend.description["outputs"]["instances"]
-    masks = masks_to_frame(out["masks"][0][valid][cars], Placement.from_dict(info["placement"]))
+    masks = masks_to_frame(out["masks"][0][valid][cars], backend.spec.output("instances").placement)
     for mask, (x1, y1, x2, y2) in zip(masks, boxes):
         ys, xs = np.nonzero(mask)
         assert mask.sum() > 0.3 * (x2 - x1) * (y2 - y1)
@@ -62,13 +62,16 @@ def test_road_graph_finds_the_cars_and_the_road(road, highway_frame: np.ndarray)
     assert out["drivable"][0][:150].mean() < 0.01  # the sky is not
 
 
-def test_description_travels_in_the_onnx(road) -> None:
-    _, backend = road
-    d = backend.description
-    assert d["frame_size"] == [720, 1280] and d["input"] == "frame"
-    assert d["outputs"]["instances"]["classes"][2] == "car"
-    assert d["outputs"]["instances"]["placement"]["input_size"] == [384, 640]
-    assert d["outputs"]["drivable"]["placement"]["input_size"] == [360, 640]
+def test_the_spec_travels_in_the_onnx(road) -> None:
+    graph, backend = road
+    spec = backend.spec
+    assert spec == graph.spec() and spec.frame_size == (720, 1280) and spec.input.name == "frame"
+    assert [(o.name, o.kind) for o in spec.outputs] == [("drivable", "binary_map"), ("lanes", "lane_lines"),
+                                                        ("instances", "instances")]
+    assert spec.tensor_names == tuple(backend.output_names)
+    assert spec.output("instances").classes[2] == "car" and spec.output("instances").extras["top_k"] == 100
+    assert spec.output("instances").placement.input_size == (384, 640)
+    assert spec.output("drivable").placement.input_size == (360, 640)
 
 
 def test_street_adds_a_semantic_map(dirs: zoo.WeightDirs) -> None:
@@ -79,15 +82,20 @@ def test_street_adds_a_semantic_map(dirs: zoo.WeightDirs) -> None:
     assert semantic.shape == (1, 512, 1024) and semantic.dtype == torch.uint8
 
 
-def test_bad_sizes_names_and_files(dirs: zoo.WeightDirs, tmp_path: Path) -> None:
+def test_bad_sizes_names_and_files(road, dirs: zoo.WeightDirs, tmp_path: Path) -> None:
+    from segengine.backends.onnxruntime import OnnxRuntimeBackend
+
+    graph, _ = road
     with pytest.raises(ConfigError, match="out of range"):
         build_graph("road", (8, 8), dirs)
     with pytest.raises(ConfigError, match="unknown preset or model"):
         build_graph("highway", (720, 1280), dirs)
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"not a graph")
+    with pytest.raises(ConfigError, match="junk.onnx: not a readable ONNX file"):
+        GraphSpec.read_file(junk)
     with pytest.raises(BackendError, match="junk.onnx"):
-        OnnxRuntimeBackend(junk)
+        OnnxRuntimeBackend(junk, graph.spec())
 
 
 def test_v8_layout_decodes_like_v5() -> None:

@@ -18,10 +18,10 @@ import pytest
 
 from segengine.capture.synthetic import SyntheticSource
 from segengine.errors import SourceError
+from segengine.models import zoo
 from segengine.pipeline import Pipeline
 from segengine.sinks.jsonl import JsonlSink, read_jsonl
 from segengine.types import Frame, SourceInfo, SourceStatus
-from segengine.models import zoo
 
 
 @pytest.fixture(scope="module")
@@ -61,11 +61,13 @@ def test_video_to_overlaid_mp4_and_json(shared: Path, env: dict[str, str], tmp_p
     # Cars are found and keep their ids: some track lives through most of the video.
     lifetimes: dict[int, int] = {}
     for r in records:
-        for inst in r["instances"]:
+        assert r["schema"] == 2 and set(r["layers"]) == {"drivable", "lanes", "instances"}
+        for inst in r["layers"]["instances"]["items"]:
             if inst["class"] == "car":
                 lifetimes[inst["track_id"]] = lifetimes.get(inst["track_id"], 0) + 1
     assert max(lifetimes.values()) > 150
-    assert sum(len(r["lanes"]) >= 2 for r in records) > 200  # both lane lines, nearly always
+    assert sum(len(r["layers"]["lanes"]["polylines"]) >= 2 for r in records) > 200  # both lane lines, nearly always
+    assert all("drivable" in r["layers"]["drivable"]["masks"] for r in records)  # the road is in every frame
 
 
 def test_image_folder_to_images_and_json(shared: Path, env: dict[str, str], tmp_path: Path) -> None:
@@ -130,8 +132,8 @@ def test_signal_mid_run_leaves_playable_outputs(sig: int, code: int, shared: Pat
                                                 tmp_path: Path) -> None:
     video = shared / "data" / "videos" / "udacity_lanelines_solidWhiteRight.mp4"
     out, js = tmp_path / "out.mp4", tmp_path / "out.jsonl"
-    proc = subprocess.Popen([sys.executable, "-m", "segengine.cli", "run", str(video), "-o", str(out), "--json", str(js)],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "segengine.cli", "run", str(video), "-o", str(out),
+                             "--json", str(js)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
     while (not js.exists() or len(js.read_text().splitlines()) < 5) and time.monotonic() < deadline:
         assert proc.poll() is None, proc.communicate()[1]
@@ -253,7 +255,7 @@ class _InFlight:
     name = "in-flight"
 
     def __init__(self, inner) -> None:
-        self.inner, self.description = inner, inner.description
+        self.inner, self.spec = inner, inner.spec
         self.queued: deque[dict[str, np.ndarray]] = deque()
         self.calls: list[str] = []
         self.most_in_flight = 0

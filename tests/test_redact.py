@@ -10,7 +10,7 @@ import pytest
 
 from segengine.capture.base import SourceOptions
 from segengine.capture.factory import open_source
-from segengine.capture.redact import Redactor, RedactingFilter, redact
+from segengine.capture.redact import RedactingFilter, Redactor, redact
 from segengine.logs import configure
 from tests.http_servers import HttpServer
 from tests.live_servers import moving_frames, write_hls

@@ -16,7 +16,6 @@ import torch
 from segengine.errors import ModelError
 from segengine.models.safe_pickle import Stub, StubAttribute, load_torch_zip, read_yolo_checkpoint, safe_loads
 
-
 # What each refusal must name (protocol 2 writes subprocess as Python 2's ``commands``).
 NAMED = {"system": "system", "eval": "eval", "exec": "exec", "subprocess": ".call",
          "__import__": "__import__", "getattr": "getattr"}

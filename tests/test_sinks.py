@@ -1,10 +1,13 @@
-"""Sinks: MP4 with the input's frames and timestamps, JSON lines that round-trip, window, images."""
+"""Sinks: MP4 with the input's frames and timestamps, JSON lines (schema 2) that round-trip, window,
+images, and any sink on its own thread."""
 
 from __future__ import annotations
 
 import errno
 import io
 import os
+import threading
+import time
 from fractions import Fraction
 from pathlib import Path
 
@@ -15,13 +18,17 @@ import pytest
 
 from segengine.errors import ConfigError, SinkError
 from segengine.geometry import letterbox, stretch
+from segengine.graph.readout import masks_to_frame
+from segengine.layers import BinaryMap, Instances, LaneLines, SemanticMap, map_from_json
+from segengine.rle import decode_mask
 from segengine.sinks import window
 from segengine.sinks.factory import open_sinks
 from segengine.sinks.images import ImageFolderSink
-from segengine.graph.readout import masks_to_frame
-from segengine.sinks.jsonl import JsonlSink, decode_mask, read_jsonl
+from segengine.sinks.jsonl import JsonlSink, read_jsonl, to_record
+from segengine.sinks.threaded import ThreadedSink
 from segengine.sinks.video import VideoSink
-from segengine.types import Frame, FrameResult, Instances, Lanes, SourceInfo
+from segengine.types import Frame, FrameResult, SourceInfo, SourceStatus
+from tests.factories import class_map, frame, result
 
 CLASSES = ("person", "bicycle", "car")
 # pycocotools' own decode trips numpy 2's copy=False deprecation inside its Cython; nothing of ours.
@@ -53,11 +60,23 @@ def _instances(size: tuple[int, int], letterboxed: bool = True) -> Instances:
                      track_ids=np.array([7, -1]))
 
 
+def _lanes(size: tuple[int, int], polylines: tuple[np.ndarray, ...] | None) -> LaneLines:
+    """A lane map at half the (letterboxed) input's resolution, with marks in the padding that the
+    frame does not show."""
+    placement = letterbox(size, long_side=128)
+    ih, iw = placement.input_size
+    classes = np.zeros((ih // 2, iw // 2), np.uint8)
+    cv2.line(classes, (iw // 8, ih // 2 - 6), (iw // 4, ih // 4), 1, 2)
+    classes[:2] = 1  # in the padding above the frame
+    return LaneLines(classes, placement, ("background", "lane"), polylines)
+
+
 def _result(index: int, pts: float, size: tuple[int, int] = (90, 160), rendered: bool = False) -> FrameResult:
     image = _image(index, size)
-    lanes = Lanes((np.array([[10, size[0] - 1], [40.257, size[0] / 2]], np.float32),))
-    return FrameResult(Frame(image, index, pts), instances=_instances(size), lanes=lanes,
-                       timings={"infer": 0.0123456, "render": 0.002},
+    line = np.array([[10, size[0] - 1], [40.257, size[0] / 2]], np.float32)
+    layers = {"drivable": class_map(BinaryMap, frame_size=size, grid=(size[0] // 2, size[1] // 2)),
+              "lanes": _lanes(size, (line,)), "instances": _instances(size)}
+    return FrameResult(Frame(image, index, pts), layers, timings={"infer": 0.0123456, "render": 0.002},
                        rendered=255 - image if rendered else None)
 
 
@@ -176,7 +195,12 @@ def test_video_copies_real_timestamps(shared: Path, tmp_path: Path) -> None:
 def test_jsonl_schema_round_trip_and_flush(tmp_path: Path) -> None:
     path = tmp_path / "out.jsonl"
     sink = JsonlSink(path)
-    results = [_result(0, 0.0), _result(1, 1 / 3), FrameResult(Frame(_image(2, (90, 160)), 2, 0.7))]
+    unfitted = _result(1, 1 / 3)
+    unfitted = unfitted.with_layer("lanes", _lanes((90, 160), None)).with_layer(
+        "drivable", class_map(BinaryMap, frame_size=(90, 160), grid=(45, 80), fill={0: (slice(None), slice(None))}))
+    status = SourceStatus("streaming", frames=3, dropped=1)
+    bare = FrameResult(Frame(_image(2, (90, 160)), 2, 0.7), source=status)
+    results = [_result(0, 0.0), unfitted, bare]
     for r in results:
         sink.write(r)
     lines = path.read_text().splitlines(keepends=True)  # before close: every line already on disk
@@ -184,20 +208,63 @@ def test_jsonl_schema_round_trip_and_flush(tmp_path: Path) -> None:
     records = list(read_jsonl(path))
     sink.close()
     sink.close()
-    first, second, bare = records
+    assert all(r["schema"] == 2 for r in records)
+    assert all(set(r) == {"schema", "frame", "pts", "stream", "size", "layers", "timings_ms", "source"}
+               for r in records)  # the old top-level "instances" and "lanes" are gone
+    first, second, third = records
     assert first["frame"] == 0 and second["pts"] == pytest.approx(1 / 3) and first["stream"] == "0"
     assert first["size"] == [90, 160]
     assert first["timings_ms"] == {"infer": 12.346, "render": 2.0}
-    assert first["lanes"] == [[[10.0, 89.0], [40.26, 45.0]]]
-    a, b = first["instances"]
+    layers = first["layers"]
+    assert list(layers) == ["drivable", "lanes", "instances"]  # the result's order
+    assert {n: v["kind"] for n, v in layers.items()} == {"drivable": "binary_map", "lanes": "lane_lines",
+                                                         "instances": "instances"}
+    assert layers["lanes"]["polylines"] == [[[10.0, 89.0], [40.26, 45.0]]]
+    a, b = layers["instances"]["items"]
     assert (a["track_id"], a["class"], a["class_id"], a["score"]) == (7, "car", 2, 0.91)
     assert (b["track_id"], b["class"], b["class_id"]) == (None, "person", 0)
     assert a["box"] == [round(float(v), 2) for v in results[0].instances.boxes[0]]
     expected = results[0].instances.frame_masks()
-    for inst, mask in zip(first["instances"], expected):
+    for inst, mask in zip(layers["instances"]["items"], expected):
         assert inst["mask"]["size"] == [90, 160] and isinstance(inst["mask"]["counts"], str)
         np.testing.assert_array_equal(decode_mask(inst["mask"]), mask)
-    assert bare["instances"] is None and bare["lanes"] is None and bare["timings_ms"] == {}
+    # Maps: RLE per class present at model resolution, and the placement that takes them back to the frame.
+    drivable, lanes = results[0].drivable, results[0].lanes
+    assert layers["drivable"]["classes"] == ["background", "drivable"] and set(layers["drivable"]["masks"]) == {
+        "drivable"}
+    assert layers["drivable"]["masks"]["drivable"]["size"] == [45, 80]
+    assert layers["drivable"]["placement"] == drivable.placement.to_dict()
+    assert layers["lanes"]["masks"]["lane"]["size"] == list(lanes.classes.shape)
+    for layer, json_layer in ((drivable, layers["drivable"]), (lanes, layers["lanes"])):
+        back = map_from_json(json_layer)
+        assert back.shape == (90, 160) and back.dtype == np.uint8 and back.any()
+        np.testing.assert_array_equal(back, layer.to_frame())
+    # Lanes not fitted yet: null polylines, the map all the same; a map with nothing in it: no masks.
+    assert second["layers"]["lanes"]["polylines"] is None
+    np.testing.assert_array_equal(map_from_json(second["layers"]["lanes"]), unfitted.lanes.to_frame())
+    assert second["layers"]["drivable"]["masks"] == {}
+    assert (map_from_json(second["layers"]["drivable"]) == 0).all()
+    assert map_from_json(second["layers"]["drivable"]).shape == (90, 160)
+    assert first["source"] is None
+    assert third["layers"] == {} and third["timings_ms"] == {}
+    assert third["source"] == {"state": "streaming", "frames": 3, "dropped": 1, "skipped": 0, "reconnects": 0,
+                               "gaps": 0, "partial": None}
+
+
+@pytest.mark.parametrize("names", [
+    ("background", "road", "sidewalk"),
+    ("road", "sidewalk", "background"),  # ESPNetv2's order: "background" is not class 0
+])
+def test_jsonl_semantic_map_round_trip(names: tuple[str, ...]) -> None:
+    grid = (30, 40)
+    ids = np.full(grid, names.index("background"), np.uint8)
+    ids[15:, :] = names.index("road")
+    ids[20:, 30:] = names.index("sidewalk")
+    semantic = SemanticMap(ids, stretch((90, 160), grid), names)
+    record = to_record(result({"semantic": semantic}, image=frame(90, 160)))
+    assert record["schema"] == 2 and record["layers"]["semantic"]["kind"] == "semantic"
+    assert "background" not in record["layers"]["semantic"]["masks"]
+    np.testing.assert_array_equal(map_from_json(record["layers"]["semantic"]), semantic.to_frame())
 
 
 def test_jsonl_streams_and_stdout(capsys: pytest.CaptureFixture[str]) -> None:
@@ -303,3 +370,149 @@ def test_open_sinks(tmp_path: Path) -> None:
     with pytest.raises(SinkError, match="window"):  # headless here
         open_sinks(tmp_path / "w.mp4", None, True, None, info)
     assert not (tmp_path / "w.mp4").exists()
+
+
+# --- a sink on its own thread ------------------------------------------------------------------
+
+class _Recording:
+    """An inner sink that keeps the frame indices it was given and the threads it ran on; it can be
+    slow (``delay`` a write), wait for a ``gate``, or raise ``error`` at frame ``fail_at``."""
+
+    def __init__(self, delay: float = 0.0, fail_at: int | None = None, error: BaseException | None = None,
+                 gate: threading.Event | None = None) -> None:
+        self.delay, self.fail_at, self.error, self.gate = delay, fail_at, error, gate
+        self.written: list[int] = []
+        self.threads: set[int] = set()
+        self.closed = 0
+
+    def write(self, res: FrameResult) -> None:
+        self.threads.add(threading.get_ident())
+        if self.gate is not None:
+            self.gate.wait()
+        time.sleep(self.delay)
+        if res.frame.index == self.fail_at:
+            assert self.error is not None
+            raise self.error
+        self.written.append(res.frame.index)
+
+    def close(self) -> None:
+        self.closed += 1
+
+
+def _small(index: int) -> FrameResult:
+    return result(image=frame(16, 16, index=index))
+
+
+def _worker_gone(inner: _Recording) -> bool:
+    return bool(inner.threads) and not any(t.ident in inner.threads for t in threading.enumerate())
+
+
+def test_threaded_lossless_writes_every_result_in_order_then_closes(tmp_path: Path) -> None:
+    inner = _Recording(delay=0.002)
+    sink = ThreadedSink(inner, policy="lossless", queue_size=2)
+    for i in range(40):
+        sink.write(_small(i))
+    sink.close()
+    assert inner.written == list(range(40)) and sink.dropped == 0 and inner.closed == 1
+    assert threading.get_ident() not in inner.threads and len(inner.threads) == 1  # on its own thread
+    assert _worker_gone(inner)
+    # A real sink behind it: every line, in order, the file finalised by close.
+    jsonl = ThreadedSink(JsonlSink(tmp_path / "t.jsonl"), policy="lossless", queue_size=1)
+    for i in range(10):
+        jsonl.write(_result(i, i / 25))
+    jsonl.close()
+    records = list(read_jsonl(tmp_path / "t.jsonl"))
+    assert [r["frame"] for r in records] == list(range(10)) and all(r["schema"] == 2 for r in records)
+    with pytest.raises(SinkError, match="already closed"):
+        jsonl.sink.write(_result(10, 0.4))
+
+
+def test_threaded_latest_drops_for_a_slow_sink_and_never_blocks_the_producer() -> None:
+    inner = _Recording(delay=0.2)  # 5 results a second
+    sink = ThreadedSink(inner, policy="latest", queue_size=2)
+    longest, start = 0.0, time.monotonic()
+    for i in range(20):  # about 200 results a second
+        t = time.perf_counter()
+        sink.write(_small(i))
+        longest = max(longest, time.perf_counter() - t)
+        time.sleep(0.005)
+    producer = time.monotonic() - start
+    sink.close()
+    assert longest < 0.1 and producer < 1.5  # never waits for the sink's 0.2 s writes (4 s if it did)
+    assert sink.dropped > 0 and len(inner.written) + sink.dropped == 20  # each result written or counted
+    assert inner.written == sorted(inner.written) and inner.written[-1] == 19  # the newest is never dropped
+    assert inner.closed == 1 and _worker_gone(inner)
+
+
+@pytest.mark.parametrize("policy", ["lossless", "latest"])
+def test_threaded_sink_error_surfaces_on_a_later_write(policy: str) -> None:
+    boom = SinkError("the disk went away")
+    inner = _Recording(fail_at=2, error=boom)
+    sink = ThreadedSink(inner, policy=policy, queue_size=4)
+    for i in range(3):
+        sink.write(_small(i))  # frame 2 fails on the sink's thread, not here
+    give_up = time.monotonic() + 5.0
+    with pytest.raises(SinkError, match="disk went away") as exc:
+        for i in range(3, 10_000):
+            sink.write(_small(i))
+            time.sleep(0.005)
+            if time.monotonic() > give_up:
+                break
+    assert exc.value is boom  # the worker's own exception, traceback and all
+    assert inner.written == [0, 1]
+    with pytest.raises(SinkError) as again:
+        sink.close()
+    assert again.value is boom and inner.closed == 1  # the inner sink is finalised all the same
+    assert _worker_gone(inner)
+
+
+def test_threaded_sink_error_surfaces_on_close() -> None:
+    boom = OSError(errno.EIO, "input/output error")
+    inner = _Recording(delay=0.01, fail_at=4, error=boom)
+    sink = ThreadedSink(inner, policy="latest", queue_size=8)
+    for i in range(5):
+        sink.write(_small(i))  # the last one fails after the producer is done writing
+    with pytest.raises(OSError, match="input/output error") as exc:
+        sink.close()
+    assert exc.value is boom and inner.written == [0, 1, 2, 3] and inner.closed == 1 and sink.dropped == 0
+
+
+def test_threaded_close_is_bounded_by_its_deadline() -> None:
+    inner = _Recording(delay=0.3)
+    sink = ThreadedSink(inner, policy="lossless", queue_size=2, deadline=0.2)
+    for i in range(3):
+        sink.write(_small(i))  # one in the sink's hands, two queued
+    start = time.monotonic()
+    sink.close()
+    took = time.monotonic() - start
+    # ~0.6 s: room for the end marker (one write), the deadline, then the write in hand; not all 0.9 s
+    # of what is queued, and nothing like forever.
+    assert took < 1.5, took
+    assert inner.closed == 1 and len(inner.written) < 3 and inner.written == sorted(inner.written)
+
+
+def test_threaded_close_is_bounded_even_when_the_sink_hangs() -> None:
+    gate = threading.Event()
+    inner = _Recording(gate=gate)
+    sink = ThreadedSink(inner, policy="lossless", queue_size=1, deadline=0.2)
+    sink.write(_small(0))
+    sink.write(_small(1))  # returns once the worker took frame 0 (and hangs in it): the queue is full
+    raised: list[BaseException] = []
+
+    def close() -> None:
+        try:
+            sink.close()
+        except BaseException as exc:  # noqa: BLE001 - asserted below
+            raised.append(exc)
+
+    closer = threading.Thread(target=close, daemon=True)
+    closer.start()
+    closer.join(2.0)
+    hung = closer.is_alive()
+    gate.set()  # let it go either way, so the test leaves no thread behind
+    closer.join(5.0)
+    assert not hung, "close did not return within 2 s (deadline 0.2 s)"
+    assert len(raised) == 1 and "did not finish writing within 0.2 s" in str(raised[0])
+    assert inner.closed == 0  # never finalised under its own writer
+    with pytest.raises(SinkError, match="already closed"):
+        sink.write(_small(2))

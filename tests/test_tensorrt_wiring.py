@@ -214,8 +214,8 @@ def wired(monkeypatch: pytest.MonkeyPatch):
     import segengine.backends
 
     sys.modules.pop("segengine.backends.tensorrt", None)
-    if "tensorrt" in vars(engine.backends):  # the import bound the stub-backed module on the package
-        delattr(engine.backends, "tensorrt")
+    if "tensorrt" in vars(segengine.backends):  # the import bound the stub-backed module on the package
+        delattr(segengine.backends, "tensorrt")
 
 
 PROFILE = (("frame", (1, 4, 6, 3), (1, 4, 6, 3), (1, 4, 6, 3)),)
@@ -283,8 +283,8 @@ def test_backend_runs_frames_through_the_streamed_runtime_and_frees_everything(w
     stub.memory = memory
     path = tmp_path / "x.engine"
     path.write_bytes(b"PLAN")
-    backend = trt_backend.TensorRTBackend(path, {"graph": "stub"}, memory)
-    assert backend.spec.input.shape == (1, 4, 6, 3) and [o.name for o in backend.spec.outputs] == ["total"]
+    backend = trt_backend.EngineRunner(path, memory)
+    assert backend.io.input.shape == (1, 4, 6, 3) and [o.name for o in backend.io.outputs] == ["total"]
     assert ("input shape", "frame", (1, 4, 6, 3)) in log
     frames = [np.full((4, 6, 3), v, np.uint8) for v in (1, 2, 3)]
     assert backend.infer(frames[0])["total"].tolist() == [[24.0, 24.0, 24.0]]

@@ -16,11 +16,14 @@ import numpy as np
 import pytest
 
 from segengine.errors import ConfigError
-from segengine.sinks.jsonl import decode_mask, encode_mask, read_jsonl
+from segengine.layers import LaneLines
+from segengine.rle import decode_mask, encode_mask
+from segengine.sinks.jsonl import read_jsonl
 from segengine.tracking.base import TrackedObjects
 from segengine.tracking.formats import MaskGrid, detect_format, frame_rate, read_frames
-from segengine.tracking.writers import MotsWriter, MotWriter
 from segengine.tracking.offline import track_file
+from segengine.tracking.writers import MotsWriter, MotWriter
+from tests.factories import class_map
 
 # pycocotools' decode, under numpy 2, warns about its own __array__: nothing of ours to fix
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
@@ -57,11 +60,21 @@ def _write_mots(path: Path, scene: list[list[dict]]) -> Path:
     return path
 
 
-def _write_jsonl(path: Path, scene: list[list[dict]]) -> Path:
-    records = [{"frame": k, "pts": k / 30, "stream": "0", "size": [H, W],
-                "instances": [{"track_id": None, "class": NAMES[o["class"]], "class_id": o["class"],
-                               "score": o["score"], "box": o["box"], "mask": encode_mask(o["mask"])} for o in objs],
-                "lanes": None, "timings_ms": {"infer": 1.0}} for k, objs in enumerate(scene)]
+def _lane_layer() -> dict:
+    """A lane layer as the engine writes it (schema 2): it passes through the tracker untouched."""
+    return class_map(LaneLines, frame_size=(H, W), grid=(60, 80), classes=("background", "lane"),
+                     fill={1: (slice(40, None), slice(20, 22))}).to_json()
+
+
+def _write_jsonl(path: Path, scene: list[list[dict]], name: str = "instances") -> Path:
+    """Schema 2 lines: a lane layer, then the detections as an instances layer called ``name``."""
+    records = [{"schema": 2, "frame": k, "pts": k / 30, "stream": "0", "size": [H, W],
+                "layers": {"lanes": _lane_layer(),
+                           name: {"kind": "instances", "items": [
+                               {"track_id": None, "class": NAMES[o["class"]], "class_id": o["class"],
+                                "score": o["score"], "box": o["box"], "mask": encode_mask(o["mask"])}
+                               for o in objs]}},
+                "timings_ms": {"infer": 1.0}, "source": None} for k, objs in enumerate(scene)]
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     return path
 
@@ -176,17 +189,21 @@ def test_mask_grid_down_and_up() -> None:
 
 # --- track_file and the CLI -----------------------------------------------------------------
 
-def test_jsonl_gets_track_ids_and_keeps_the_rest(tmp_path: Path) -> None:
+@pytest.mark.parametrize("name", ["instances", "objects"])  # found by its kind, whatever its name
+def test_jsonl_gets_track_ids_and_keeps_the_rest(tmp_path: Path, name: str) -> None:
     scene = _scene()
-    src = _write_jsonl(tmp_path / "dets.jsonl", scene)
+    src = _write_jsonl(tmp_path / "dets.jsonl", scene, name)
     summary = track_file(src, tmp_path / "tracks.jsonl", progress=False)
     assert (summary.fmt, summary.frames, summary.tracks, summary.rows) == ("jsonl", FRAMES, 2, 2 * FRAMES)
     records = list(read_jsonl(tmp_path / "tracks.jsonl"))
     assert [r["pts"] for r in records] == [k / 30 for k in range(FRAMES)]
-    assert all(r["timings_ms"] == {"infer": 1.0} and r["lanes"] is None for r in records)
+    assert all(r["schema"] == 2 and r["timings_ms"] == {"infer": 1.0} and r["source"] is None for r in records)
+    assert all(list(r["layers"]) == ["lanes", name] and r["layers"]["lanes"] == _lane_layer() for r in records)
     pairs = []
     for k, r in enumerate(records):
-        for inst in r["instances"]:
+        layer = r["layers"][name]
+        assert set(layer) == {"kind", "items"} and layer["kind"] == "instances"
+        for inst in layer["items"]:
             assert set(inst) == {"track_id", "class", "class_id", "score", "box", "mask"}
             assert inst["class"] == NAMES[inst["class_id"]] and isinstance(inst["track_id"], int)
             pairs.append((_nearest(scene[k], inst["box"]), inst["track_id"]))
@@ -239,8 +256,10 @@ def test_cli_jsonl_by_content(tmp_path: Path) -> None:
     ("mots", "2 -1 1 0.9 120 160 !!notrle", "expected MOTS fields"),
     ("mots", "2 -1 1 0.9 120 160 52", "expected a COCO RLE mask"),  # runs that fall short of 120×160
     ("mots", "2 -1 1 0.9 120 160 0o", "expected a COCO RLE mask"),  # runs that overflow it
-    ("jsonl", '{"frame": 2, "size": [120, 160], "instances": [{"box": [1, 2]}]}', "expected a segengine JSON line"),
+    ("jsonl", '{"schema": 2, "frame": 2, "size": [120, 160], "layers": {"instances": {"kind": "instances", '
+              '"items": [{"box": [1, 2]}]}}}', "expected a segengine JSON line"),
     ("jsonl", '{"frame": 2, oops', "expected a segengine JSON line"),
+    ("jsonl", '{"frame": 2, "size": [120, 160], "instances": []}', "older segengine (schema 1"),
 ])
 def test_malformed_line_exits_2_naming_file_and_line(tmp_path: Path, fmt: str, bad: str, expected: str) -> None:
     writer = {"mot": _write_mot, "mots": _write_mots, "jsonl": _write_jsonl}[fmt]

@@ -11,10 +11,10 @@ import pytest
 
 from segengine.errors import ConfigError
 from segengine.geometry import letterbox
+from segengine.layers import Instances
 from segengine.tracking.association import BoxGrid, mask_iou
 from segengine.tracking.base import Detections, Tracker
 from segengine.tracking.mask_tracker import MaskTracker, TrackerConfig
-from segengine.types import Instances
 
 GRID = (96, 160)  # the prototype grid of a 640×384 input
 FPS = 25
@@ -316,6 +316,7 @@ def _traffic(frames: int, seed: int) -> list[Detections]:
     return [_dets([b for b, _ in r] or np.zeros((0, 4)), [s for _, s in r]) for r in rows]
 
 
+@pytest.mark.integration  # a soak: 10^6 frames, about 100 s
 def test_a_long_run_holds_constant_memory() -> None:
     """10⁶ frames (11 hours at 25 fps) of cars coming and going, on the real per-frame path.
 

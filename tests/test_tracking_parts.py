@@ -12,7 +12,6 @@ from segengine.tracking.kalman import BoxKalman, cxcywh_to_xyxy
 from segengine.tracking.mask_tracker import MaskTracker
 from tests.test_tracker import GRID, _dets, _ids, _rect
 
-
 # -- Kalman ---------------------------------------------------------------------------------------
 
 

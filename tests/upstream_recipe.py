@@ -39,7 +39,8 @@ def _letterbox(bgr: np.ndarray, size: int = 640, stride: int = 32) -> tuple[np.n
     if (nw, nh) != (w, h):
         bgr = cv2.resize(bgr, (nw, nh), interpolation=cv2.INTER_LINEAR)
     top, bottom, left, right = round(dh - 0.1), round(dh + 0.1), round(dw - 0.1), round(dw + 0.1)
-    return cv2.copyMakeBorder(bgr, top, bottom, left, right, cv2.BORDER_CONSTANT, value=(114, 114, 114)), (top, left, nh, nw)
+    padded = cv2.copyMakeBorder(bgr, top, bottom, left, right, cv2.BORDER_CONSTANT, value=(114, 114, 114))
+    return padded, (top, left, nh, nw)
 
 
 def _yolo(net: torch.nn.Module, card: ModelCard, bgr: np.ndarray, conf: float = 0.25, iou: float = 0.45

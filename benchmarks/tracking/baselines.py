@@ -26,9 +26,9 @@ from typing import Protocol
 import numpy as np
 
 from segengine.geometry import Placement
+from segengine.layers import Instances
 from segengine.tracking.base import Detections, TrackedObjects
 from segengine.tracking.iou import IouTracker
-from segengine.types import Instances
 
 
 class StepTracker(Protocol):

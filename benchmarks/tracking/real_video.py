@@ -29,10 +29,11 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))  # run as a script from anywhere
 
 from benchmarks.tracking.baselines import ByteTrackStep  # noqa: E402
-from segengine.render.overlay import OverlayRenderer  # noqa: E402
+from segengine.layers import Instances  # noqa: E402
+from segengine.render.compose import LayerRenderer  # noqa: E402
 from segengine.tracking.base import Detections  # noqa: E402
 from segengine.tracking.mask_tracker import MaskTracker  # noqa: E402
-from segengine.types import FrameResult, Instances, SourceInfo  # noqa: E402
+from segengine.types import FrameResult, SourceInfo  # noqa: E402
 
 DEFAULT_VIDEO = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
 PERSON = 0  # COCO
@@ -85,11 +86,14 @@ class ByteTrackSink:
                  png_frames: set[int]) -> None:
         from segengine.sinks.video import VideoSink
 
-        self.video, self.recorder, self.renderer = VideoSink(path, info), recorder, OverlayRenderer()
+        self.video, self.recorder, self.renderer = VideoSink(path, info), recorder, LayerRenderer()
         self.png_dir, self.png_frames = png_dir, png_frames
 
     def write(self, result: FrameResult) -> None:
-        mine = replace(result, instances=self.recorder.last_byte, timings={}, rendered=None)
+        # ByteTrack's rows in place of ours, in the layer the pipeline tracked (the first instances one).
+        name = next(n for n, layer in result.layers.items() if isinstance(layer, Instances))
+        assert self.recorder.last_byte is not None, "the tracker runs before the sinks"
+        mine = replace(result.with_layer(name, self.recorder.last_byte), timings={}, rendered=None)
         mine = replace(mine, rendered=self.renderer.render(mine))
         self.video.write(mine)
         if result.frame.index in self.png_frames and result.rendered is not None:
@@ -152,9 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     mirror = args.model_dir or os.environ.get("SEGENGINE_MODEL_DIR") or REPO.parent / "shared" / "models"
 
     from segengine.capture.factory import open_source
+    from segengine.models.zoo import WeightDirs
     from segengine.pipeline import Pipeline
     from segengine.sinks.video import VideoSink
-    from segengine.models.zoo import WeightDirs
 
     source = open_source(str(args.video))
     source.open()

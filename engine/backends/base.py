@@ -1,23 +1,74 @@
-"""The Backend interface: runs an exported segengine graph."""
+"""The Backend interface: runs a prepared segengine graph, knowing nothing of presets.
+
+Every backend has one constructor, ``Backend(graph, spec, options)``: ``graph`` is what the graph
+package prepared in the backend's ``graph_format`` (an ONNX file, or a torch module), ``spec`` its
+:class:`GraphSpec`. ``available(env)`` says why it cannot run on this machine (None when it can),
+``speed(env)`` ranks it for ``auto`` and ``where(env)`` says where it would run.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Protocol, runtime_checkable
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
+
+from segengine.backends.probe import GpuEnvironment
+from segengine.graph.spec import GraphSpec
+from segengine.models import zoo
+
+
+@dataclass(frozen=True)
+class BackendOptions:
+    device: str | None = None  # "cpu", "cuda", "cuda:1"; None: the backend's own choice
+    threads: int = 0  # CPU threads for inference; 0: the runtime's default
+    dirs: zoo.WeightDirs | None = None  # compiled engines are cached beside the weights' cache
 
 
 @runtime_checkable
 class Backend(Protocol):
-    name: str
-    description: Mapping[str, object]  # the graph's own description (ONNX metadata "segengine")
+    name: ClassVar[str]
+    graph_format: ClassVar[str]  # "onnx" or "torch": what segengine.graph.prepare makes for it
+    spec: GraphSpec
 
-    def infer(self, frame: np.ndarray) -> dict[str, np.ndarray]:
-        """uint8 H×W×3 RGB → the graph's outputs by name."""
+    def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """uint8 B×H×W×3 (or H×W×3) RGB → the graph's output tensors by name, batch axis first."""
         ...
 
     def close(self) -> None: ...
+
+
+class BackendType(Protocol):
+    """What the registry knows of a backend class before constructing one."""
+
+    name: ClassVar[str]
+    graph_format: ClassVar[str]
+
+    def __call__(self, graph: Any, spec: GraphSpec, options: BackendOptions) -> Backend: ...
+
+    def available(self, env: GpuEnvironment) -> str | None: ...
+
+    def require(self, env: GpuEnvironment) -> None: ...
+
+    def speed(self, env: GpuEnvironment) -> int: ...
+
+    def where(self, env: GpuEnvironment) -> str: ...
+
+
+class BackendInfo:
+    """Defaults for the class-level questions: available everywhere, refused with the reason."""
+
+    @classmethod
+    def available(cls, env: GpuEnvironment) -> str | None:
+        return None
+
+    @classmethod
+    def require(cls, env: GpuEnvironment) -> None:
+        from segengine.errors import BackendError
+
+        reason = cls.available(env)
+        if reason is not None:
+            raise BackendError(f"backend {cls.name} cannot run here: {reason}")  # type: ignore[attr-defined]
 
 
 @runtime_checkable

@@ -1,6 +1,6 @@
 """What this machine has for the GPU path, found without initialising anything heavy twice.
 
-``select`` (which backend), ``build`` (can an engine be built here) and ``doctor`` (the report)
+``registry`` (which backend), ``build`` (can an engine be built here) and ``doctor`` (the report)
 all read one ``GpuEnvironment``; tests pass their own to cover machines we do not have.
 """
 

@@ -13,7 +13,6 @@ The executor is the only engine-specific part (TensorRT's context, or a test's n
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -165,6 +164,3 @@ class StreamedRuntime:
     def _check_open(self) -> None:
         if self._closed:
             raise BackendError("the runtime is closed")
-
-    def describe(self) -> Mapping[str, object]:
-        return {"memory": self.memory.kind, "depth": self.depth, "cuda_graphs": self.graphs_used}

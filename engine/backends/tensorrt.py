@@ -1,6 +1,6 @@
 """The TensorRT-touching code, kept thin: build a serialized engine, load one, run one.
 
-Imported only where TensorRT is installed (``select``/``build`` check first). Everything
+Imported only where TensorRT is installed (``registry``/``build`` check first). Everything
 around it (cache keys and sidecars, calibration frames, progress, slot ownership, double
 buffering) lives in CPU-tested modules; this file only translates to TensorRT's API (10.x:
 ``IProgressMonitor``, ``IInt8EntropyCalibrator2``, ``execute_async_v3``). Written against the
@@ -9,7 +9,6 @@ documented API; not run in this project's CI, which has no GPU.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -173,21 +172,18 @@ class _ContextExecutor:
             raise BackendError("TensorRT execute_async_v3 failed")
 
 
-class TensorRTBackend:
-    """A cached engine run by the double-buffered runtime; ``submit``/``collect`` overlap frames."""
+class EngineRunner:
+    """A serialized engine run by the double-buffered runtime; ``submit``/``collect`` overlap frames.
+    Owns ``memory`` from here on (closed with it)."""
 
-    name = "tensorrt"
-
-    def __init__(self, engine_path: Path, description: Mapping[str, object], memory: Memory, *,
-                 depth: int = 2, cuda_graphs: bool = True) -> None:
-        self.description = description
+    def __init__(self, engine_path: Path, memory: Memory, *, depth: int = 2, cuda_graphs: bool = True) -> None:
         self.memory = memory
         self._runtime, self._engine = load_engine(engine_path)
         self._context = self._engine.create_execution_context()
-        self.spec = io_spec(self._engine, self._context)
-        self._streamed: StreamedRuntime | None = StreamedRuntime(memory, self.spec, _ContextExecutor(self._context),
+        self.io = io_spec(self._engine, self._context)
+        self._streamed: StreamedRuntime | None = StreamedRuntime(memory, self.io, _ContextExecutor(self._context),
                                                                  depth=depth, cuda_graphs=cuda_graphs)
-        self.output_names = [o.name for o in self.spec.outputs]
+        self.output_names = [o.name for o in self.io.outputs]
 
     def _run(self) -> StreamedRuntime:
         if self._streamed is None:

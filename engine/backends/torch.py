@@ -8,27 +8,42 @@ written against torch's documented API and not run in this project's CI, which h
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 import torch
 
+from segengine.backends.base import BackendInfo, BackendOptions
+from segengine.backends.probe import GpuEnvironment
 from segengine.errors import BackendError
-from segengine.graph.compose import SegmentationGraph
+from segengine.graph.spec import GraphSpec
 
 
-class TorchBackend:
-    name = "torch"
+class TorchBackend(BackendInfo):
+    name: ClassVar[str] = "torch"
+    graph_format: ClassVar[str] = "torch"
 
-    def __init__(self, graph: SegmentationGraph, device: str | None = None) -> None:
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self._graph: SegmentationGraph | None = graph.eval().to(self.device)
-        self.description = graph.describe()
-        self.output_names = list(graph.output_names)
+    def __init__(self, graph: torch.nn.Module, spec: GraphSpec, options: BackendOptions | None = None) -> None:
+        options = options or BackendOptions()
+        self.device = torch.device(options.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.spec = spec
+        self._graph: torch.nn.Module | None = graph.eval().to(self.device)
+        self.output_names = list(spec.tensor_names)
         cuda = self.device.type == "cuda"
         self._stream = torch.cuda.Stream(device=self.device) if cuda else None
         self._done = torch.cuda.Event() if cuda else None
         self._staging: torch.Tensor | None = None  # pinned host, the frame batch's shape
         self._device_input: torch.Tensor | None = None
         self._host_outputs: list[torch.Tensor] | None = None  # pinned, the outputs' shapes
+
+    @classmethod
+    def speed(cls, env: GpuEnvironment) -> int:
+        return 20 if env.cuda_device is not None else 0  # on the CPU, ONNX Runtime runs the same graph faster
+
+    @classmethod
+    def where(cls, env: GpuEnvironment) -> str:
+        return (f"torch on CUDA GPU {env.cuda_device}" if env.cuda_device is not None
+                else f"torch on the CPU ({env.no_gpu_reason()})")
 
     def infer(self, frame: np.ndarray) -> dict[str, np.ndarray]:
         if self._graph is None:

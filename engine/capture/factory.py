@@ -20,12 +20,12 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import cv2
 
 from segengine.capture.base import Source, SourceOptions, SourceStatus
+from segengine.capture.files import check_readable_file
 from segengine.capture.images import ImageFolderSource, is_glob, list_images
 from segengine.capture.network import SCHEMES as NETWORK_SCHEMES
 from segengine.capture.network import network_source
 from segengine.capture.opencv import GSTREAMER_FIX, OpenCVSource, csi_pipeline, opencv_has_gstreamer
 from segengine.capture.pyav import PyAVFileSource, PyAVSource
-from segengine.capture.files import check_readable_file
 from segengine.capture.reconnect import ReconnectingSource
 from segengine.capture.synthetic import SyntheticSource
 from segengine.errors import ConfigError, EndOfStream, SourceError
@@ -224,7 +224,7 @@ class LoopingSource:
         self._last_pts = self._offset + frame.pts
         self._index += 1
         return Frame(image=frame.image, index=self._index - 1, pts=self._last_pts, stream=frame.stream,
-                     memory=frame.memory, captured_at=frame.captured_at)
+                     captured_at=frame.captured_at)
 
     def _restart(self) -> None:
         self._source.close()

@@ -2,31 +2,74 @@
 
 An export takes seconds to a minute, so ``segengine run`` builds a preset's graph for a
 frame size once and reuses it. The key covers the preset, the frame size, every
-model's weights (their card sha256) and the source code of the graph and the models, so
-a changed model or a new segengine version never reuses a stale graph.
+model's weights (their card sha256) and every source file that shapes the graph (the graph
+and models packages, the geometry), so a changed model or a new segengine version never
+reuses a stale graph; a file found under its key whose spec this segengine cannot read is
+exported again.
 """
 
 from __future__ import annotations
 
+import ast
 import hashlib
+import logging
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+import segengine
 import segengine.graph as graph_pkg
 import segengine.models as models_pkg
 from segengine.download import sha256_of
+from segengine.errors import ConfigError
 from segengine.graph.compose import build_graph, export_graph, model_names
+from segengine.graph.spec import GraphSpec
 from segengine.models import zoo
+
+log = logging.getLogger(__name__)
+
+
+def shaping_files() -> list[Path]:
+    """Every source file an exported graph depends on: the graph and models packages and, followed
+    through their imports, every segengine module they use (geometry, errors, ...)."""
+    roots = {"segengine": Path(segengine.__file__).parent, "segengine.models": Path(models_pkg.__file__).parent}
+    todo = [p for package in (graph_pkg, models_pkg) for p in Path(package.__file__).parent.glob("*.py")]
+    found: set[Path] = set()
+    while todo:
+        path = todo.pop()
+        if path in found:
+            continue
+        found.add(path)
+        for name in _imported(path):
+            todo.extend(f for f in _files_of(name, roots) if f not in found)
+    return sorted(found)
+
+
+def _imported(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_bytes(), str(path))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)  # `from pkg import module`
+        elif isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+    return {n for n in names if n == "segengine" or n.startswith("segengine.")}
+
+
+def _files_of(module: str, roots: dict[str, Path]) -> list[Path]:
+    """The file of a segengine module (a package's __init__ is not followed: it is no part of a graph)."""
+    prefix = "segengine.models" if module.startswith("segengine.models") else "segengine"
+    parts = module[len(prefix):].strip(".").split(".") if module != prefix else []
+    candidate = roots[prefix].joinpath(*parts)
+    return [candidate.with_suffix(".py")] if parts and candidate.with_suffix(".py").is_file() else []
 
 
 def _code_digest() -> str:
     digest = hashlib.sha256()
-    for package in (graph_pkg, models_pkg):
-        for path in sorted(Path(package.__file__).parent.glob("*.py")):
-            digest.update(path.name.encode())
-            digest.update(path.read_bytes())
+    for path in shaping_files():
+        digest.update(f"{path.parent.name}/{path.name}".encode())
+        digest.update(path.read_bytes())
     return digest.hexdigest()
 
 
@@ -64,7 +107,11 @@ def _cached(dirs: zoo.WeightDirs, key: str, export: Callable[[Path], object]) ->
     folder = dirs.cache.parent / "graphs"
     path = folder / f"{key}.onnx"
     if path.is_file():
-        return path
+        try:
+            GraphSpec.read_file(path)
+            return path
+        except ConfigError as exc:  # an older format, or a damaged file: never misread, rebuilt
+            log.warning("%s; exporting it again", exc)
     folder.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{key}.", suffix=".onnx", dir=folder)
     os.close(fd)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import warnings
 from collections.abc import Sequence
@@ -12,17 +11,16 @@ import onnx
 import torch
 
 from segengine.errors import ConfigError
+from segengine.geometry import letterbox, stretch
 from segengine.graph.heads import Head, InstanceHead, LaneHead, SemanticHead
 from segengine.graph.nms import TRANSLATIONS
-from segengine.geometry import letterbox, stretch
+from segengine.graph.spec import INPUT_NAME, GraphSpec, InputSpec
 from segengine.models import zoo
 
 PRESETS: dict[str, tuple[str, ...]] = {
     "road": ("twinlitenet", "yolov5s-seg"),
     "street": ("twinlitenet", "yolov5s-seg", "espnetv2-cityscapes"),
 }
-METADATA_KEY = "segengine"
-INPUT_NAME = "frame"
 
 
 class SegmentationGraph(torch.nn.Module):
@@ -40,12 +38,8 @@ class SegmentationGraph(torch.nn.Module):
     def forward(self, frame: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return tuple(t for head in self.heads for t in head(frame))
 
-    def describe(self) -> dict[str, object]:
-        outputs: dict[str, object] = {}
-        for head in self.heads:
-            outputs.update(head.describe())
-        return {"graph": self.name, "input": INPUT_NAME, "frame_size": list(self.frame_size),
-                "output_names": list(self.output_names), "outputs": outputs}
+    def spec(self) -> GraphSpec:
+        return GraphSpec(self.name, InputSpec(self.frame_size), tuple(s for h in self.heads for s in h.specs()))
 
 
 def model_names(name: str) -> tuple[str, ...]:
@@ -79,20 +73,18 @@ def build_graph(name: str, frame_size: tuple[int, int], dirs: zoo.WeightDirs | N
 
 
 def check_frame_size(frame_size: tuple[int, int]) -> None:
-    h, w = frame_size
-    if h < 16 or w < 16 or h > 8192 or w > 8192:
-        raise ConfigError(f"frame size {w}x{h} is out of range (16..8192 per side)")
+    InputSpec(frame_size)  # its check: 16..8192 per side
 
 
 def export_graph(graph: SegmentationGraph, path: Path) -> Path:
-    """Write ``graph`` as ONNX with its description in the model's metadata."""
+    """Write ``graph`` as ONNX with its spec in the model's metadata."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     h, w = graph.frame_size
     frame = torch.zeros(1, h, w, 3, dtype=torch.uint8)
     export_module(graph, (frame,), path, (INPUT_NAME,), graph.output_names)
     model = onnx.load(str(path))
-    write_description(model, graph.describe())
+    graph.spec().write(model)
     onnx.save(model, str(path))
     return path
 
@@ -106,20 +98,6 @@ def export_raw(model: str, path: Path, dirs: zoo.WeightDirs | None = None) -> Pa
     path.parent.mkdir(parents=True, exist_ok=True)
     export_module(net, (x,), path, ("input",), card.raw_outputs)
     return path
-
-
-def read_description(model: onnx.ModelProto) -> dict[str, object]:
-    for entry in model.metadata_props:
-        if entry.key == METADATA_KEY:
-            return json.loads(entry.value)
-    raise ConfigError("this ONNX file has no segengine description; export it with `segengine export`")
-
-
-def write_description(model: onnx.ModelProto, description: dict[str, object]) -> None:
-    """Store ``description`` (``SegmentationGraph.describe()``'s form) in the model's metadata, replacing any."""
-    kept = {entry.key: entry.value for entry in model.metadata_props if entry.key != METADATA_KEY}
-    kept[METADATA_KEY] = json.dumps(description)
-    onnx.helper.set_model_props(model, kept)
 
 
 def export_module(module: torch.nn.Module, examples: tuple[torch.Tensor, ...], path: Path,

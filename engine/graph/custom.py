@@ -3,7 +3,7 @@
 The user's network is kept as it is (only its input is fixed to batch 1 and one size). The
 pre-processing (uint8 frame → its input) and post-processing (decode + NMS, or argmax) come
 from the very heads the presets use, exported alone and spliced around it, so the result has
-the presets' input, outputs and description and the rest of the engine runs it unchanged.
+the presets' input, outputs and spec and the rest of the engine runs it unchanged.
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ import torch
 
 from segengine.errors import ConfigError, ModelError
 from segengine.geometry import letterbox, stretch
-from segengine.graph.compose import (INPUT_NAME, METADATA_KEY, SegmentationGraph, check_frame_size, export_module,
-                                  write_description)
+from segengine.graph.compose import SegmentationGraph, check_frame_size, export_module
 from segengine.graph.heads import InstanceHead, SemanticHead
+from segengine.graph.spec import INPUT_NAME, METADATA_KEY
 from segengine.models.card import Preprocess
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ def export_custom_graph(path: Path | str, frame_size: tuple[int, int], out_path:
                         classes: ClassList | None = None, mean: Sequence[float] | None = None,
                         std: Sequence[float] | None = None, conf: float = 0.25, iou: float = 0.45,
                         top_k: int = 100) -> Path:
-    """Write a segengine graph (uint8 frame in, preset outputs and description) around the model at ``path``.
+    """Write a segengine graph (uint8 frame in, preset outputs and spec) around the model at ``path``.
 
     YOLO models get Ultralytics' letterbox (pad 114) and x/255 unless ``mean``/``std`` say
     otherwise; semantic models a stretch with ``mean``/``std`` (ImageNet's by default).
@@ -93,9 +93,9 @@ def export_custom_graph(path: Path | str, frame_size: tuple[int, int], out_path:
         export_module(post, examples, Path(tmp, "post.onnx"), post_inputs, graph.output_names)
         pre, post_model = onnx.load(str(Path(tmp, "pre.onnx"))), onnx.load(str(Path(tmp, "post.onnx")))
     merged = _splice(spec, pre, net, post_model, post_inputs)
-    # Keep the user's own metadata (licence, author, names) next to our description.
+    # Keep the user's own metadata (licence, author, names) next to our spec.
     onnx.helper.set_model_props(merged, {e.key: e.value for e in model.metadata_props})
-    write_description(merged, graph.describe())
+    graph.spec().write(merged)
     try:
         onnx.checker.check_model(merged)
     except onnx.checker.ValidationError as exc:
@@ -254,7 +254,8 @@ def _head(spec: ModelSpec, frame_size: tuple[int, int], mean: Sequence[float] | 
         raise ConfigError(f"mean {m} / std {s}: expected three values each (RGB), std above 0")
     if not yolo:
         recipe = Preprocess("stretch", m, s)  # type: ignore[arg-type]
-        return SemanticHead(spec.path.name, _NetworkInOnnx(), stretch(frame_size, spec.input_size), recipe, spec.classes)
+        return SemanticHead(spec.path.name, _NetworkInOnnx(), stretch(frame_size, spec.input_size), recipe,
+                            spec.classes)
     candidates = shapes[0][0][1 if spec.kind == "yolo-v5" else 2]
     if not (0 <= conf < 1 and 0 < iou <= 1 and 1 <= top_k <= min(1000, candidates)):
         raise ConfigError(f"conf {conf}, iou {iou}, top_k {top_k}: expected 0 <= conf < 1, 0 < iou <= 1 "

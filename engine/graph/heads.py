@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import torch
 
-from segengine.graph.instances import InstanceDecode, Layout
 from segengine.geometry import Placement
+from segengine.graph.instances import InstanceDecode, Layout
 from segengine.graph.preprocess import FramePreprocess
+from segengine.graph.spec import OutputSpec
 from segengine.models.card import Preprocess
 
 
 class Head(torch.nn.Module):
-    """Base: ``outputs`` names what ``forward`` returns, ``describe`` what a consumer needs to read it."""
+    """Base: ``outputs`` names the tensors ``forward`` returns, ``specs`` the layers they make."""
 
     outputs: tuple[str, ...] = ()
 
-    def describe(self) -> dict[str, object]:
+    def specs(self) -> tuple[OutputSpec, ...]:
         raise NotImplementedError
 
 
@@ -34,9 +35,8 @@ class SemanticHead(Head):
         logits = self.net(self.pre(frame))[0]
         return (logits.argmax(dim=1).to(torch.uint8),)
 
-    def describe(self) -> dict[str, object]:
-        return {self.outputs[0]: {"kind": "semantic", "model": self.name, "classes": list(self.classes),
-                                  "placement": self.placement.to_dict()}}
+    def specs(self) -> tuple[OutputSpec, ...]:
+        return (OutputSpec(self.outputs[0], "semantic", self.name, self.outputs, self.placement, self.classes),)
 
 
 class LaneHead(Head):
@@ -54,12 +54,10 @@ class LaneHead(Head):
         da, ll = self.net(self.pre(frame))
         return da.argmax(dim=1).to(torch.uint8), ll.argmax(dim=1).to(torch.uint8)
 
-    def describe(self) -> dict[str, object]:
-        place = self.placement.to_dict()
-        return {
-            "drivable": {"kind": "binary", "model": self.name, "placement": place},
-            "lanes": {"kind": "binary", "model": self.name, "placement": place},
-        }
+    def specs(self) -> tuple[OutputSpec, ...]:
+        return (OutputSpec("drivable", "binary_map", self.name, ("drivable",), self.placement,
+                           ("background", "drivable")),
+                OutputSpec("lanes", "lane_lines", self.name, ("lanes",), self.placement, ("background", "lane")))
 
 
 class InstanceHead(Head):
@@ -81,10 +79,7 @@ class InstanceHead(Head):
         pred, protos = self.net(self.pre(frame))[:2]
         return self.decode(pred, protos)
 
-    def describe(self) -> dict[str, object]:
+    def specs(self) -> tuple[OutputSpec, ...]:
         d = self.decode
-        return {"instances": {
-            "kind": "instances", "model": self.name, "classes": list(self.classes),
-            "placement": self.placement.to_dict(), "top_k": d.top_k,
-            "conf_threshold": d.conf, "iou_threshold": d.iou,
-        }}
+        return (OutputSpec("instances", "instances", self.name, self.outputs, self.placement, self.classes,
+                           {"top_k": d.top_k, "conf_threshold": d.conf, "iou_threshold": d.iou}),)

@@ -12,8 +12,8 @@ from typing import Literal
 
 import torch
 
-from segengine.graph.nms import nms_mask
 from segengine.geometry import Placement
+from segengine.graph.nms import nms_mask
 
 Layout = Literal["v5", "v8"]
 MAX_WH = 7680.0  # class offset for batched NMS, larger than any box coordinate

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import cv2
 import numpy as np
@@ -58,3 +59,20 @@ def draw_hud(image: np.ndarray, fps: float | None, latency_ms: float | None, ind
         cv2.putText(image, value, (x0 + pad + key_w + gap, y), _FONT, scale, _VALUE, thick, cv2.LINE_AA)
         y += line
     return image
+
+
+class Hud:
+    """The HUD as a drawer: fps and latency from ``result.timings`` (``"fps"``, ``"latency"`` in
+    seconds, each shown only when present), the frame index and the instance count."""
+
+    def __init__(self, opacity: float = 0.6) -> None:
+        from segengine.render.draw import check_opacity
+
+        check_opacity("Hud.opacity", opacity)
+        self.opacity = opacity
+
+    def draw(self, canvas: np.ndarray, result: Any) -> None:
+        fps, latency = result.timings.get("fps"), result.timings.get("latency")
+        instances = result.instances
+        draw_hud(canvas, fps, None if latency is None else latency * 1000.0, result.frame.index,
+                 instances=None if instances is None else len(instances), opacity=self.opacity)

@@ -1,24 +1,36 @@
 """Results as JSON lines: one object per frame, flushed as it is written.
 
-Schema (every key is always present; a part the pipeline did not compute is ``null``)::
+Schema 2 (every key is always present; ``source`` is ``null`` when unknown)::
 
-    {"frame": 12,                      # Frame.index, 0-based in its stream
+    {"schema": 2,
+     "frame": 12,                      # Frame.index, 0-based in its stream
      "pts": 0.48,                      # seconds, from the container
      "stream": "0",
      "size": [540, 960],               # frame [height, width]: what boxes, masks and lanes refer to
-     "instances": [                    # null when no instance model ran; [] when it found nothing
-        {"track_id": 3,                # null while untracked
-         "class": "car", "class_id": 2, "score": 0.9137,
-         "box": [x1, y1, x2, y2],      # frame pixels, 2 decimals
-         "mask": {"size": [h, w], "counts": "..."}}],  # COCO RLE at frame resolution
-     "lanes": [[[x, y], ...], ...],    # polylines in frame pixels, top to bottom; null when not run
+     "layers": {                       # one entry per graph output, by name; each says its kind
+        "instances": {"kind": "instances", "items": [
+            {"track_id": 3,            # null while untracked
+             "class": "car", "class_id": 2, "score": 0.9137,
+             "box": [x1, y1, x2, y2],  # frame pixels, 2 decimals
+             "mask": {"size": [h, w], "counts": "..."}}]},  # COCO RLE at frame resolution
+        "drivable": {"kind": "binary_map",                    # maps: class ids at model resolution,
+                     "classes": ["background", "drivable"],   # COCO RLE per class present but "background",
+                     "placement": {"frame_size": [540, 960], "input_size": [360, 640],
+                                   "resized": [360, 640], "top": 0, "left": 0},
+                     "masks": {"drivable": {"size": [360, 640], "counts": "..."}}},
+        "lanes": {"kind": "lane_lines", ...the map's keys...,
+                  "polylines": [[[x, y], ...], ...]},         # frame pixels, top to bottom
+        "semantic": {"kind": "semantic", ...the map's keys...}},
      "timings_ms": {"infer": 12.345},  # per stage
-     "source": {"state": "streaming",  # the source's health when the frame was finished (null if unknown):
+     "source": {"state": "streaming",  # the source's health when the frame was finished:
                 "frames": 12, "dropped": 0, "skipped": 0,  # read; dropped for latency; corrupt, left out
                 "reconnects": 0, "gaps": 0, "partial": null}}  # live reconnections; time jumps; early end
 
-``decode_mask(instance["mask"])`` gives the bool H×W mask back (pycocotools' own RLE, so any
-COCO tool reads it too); ``read_jsonl(path)`` iterates the objects.
+A map's placement takes it back to the frame: the map covers the network input; the frame is
+its region ``rows round(top·h/ih) .. round((top + resized_h)·h/ih)`` (columns likewise, with
+``left`` and widths), resized to ``frame_size`` (nearest). ``segengine.layers.map_from_json(layer)``
+does it; ``segengine.rle.decode_mask(item["mask"])`` gives an instance's bool H×W mask (pycocotools'
+own RLE, so any COCO tool reads them too); ``read_jsonl(path)`` iterates the objects.
 
 Each line goes to the OS in one write, right away, so a run that is killed leaves every
 finished frame on disk. If a write fails part-way (disk full), the file is cut back to the
@@ -36,62 +48,21 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-import numpy as np
-from pycocotools import mask as mask_utils
-
 from segengine.errors import SinkError
-from segengine.types import FrameResult, Instances, Lanes
+from segengine.types import FrameResult
 
-
-def encode_masks(instances: Instances) -> list[dict[str, Any]]:
-    """COCO RLE (pycocotools) of every instance mask at frame resolution.
-
-    pycocotools wants each whole mask in column-major order. Building it as a zeroed
-    W×H array with only the box window filled in, then passing its transpose (a
-    column-major view), costs a memset instead of transposing full-frame masks.
-    """
-    h, w = instances.placement.frame_size
-    rles = []
-    for x0, y0, window in instances.box_masks:
-        columns = np.zeros((w, h), np.uint8)
-        columns[x0:x0 + window.shape[1], y0:y0 + window.shape[0]] = window.T
-        rle = mask_utils.encode(columns.T)  # .T of a C-ordered W×H array is Fortran-ordered H×W
-        rles.append({"size": [h, w], "counts": rle["counts"].decode("ascii")})
-    return rles
-
-
-def decode_mask(rle: dict[str, Any]) -> np.ndarray:
-    """bool H×W mask from a ``{"size": [h, w], "counts": str}`` COCO RLE."""
-    counts = rle["counts"]
-    coco = {"size": list(rle["size"]), "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
-    return mask_utils.decode(coco).astype(bool)
-
-
-def _instances(instances: Instances) -> list[dict[str, Any]]:
-    rles = encode_masks(instances)
-    names = instances.names
-    return [{"track_id": int(t) if t >= 0 else None,
-             "class": names[i],
-             "class_id": int(instances.class_ids[i]),
-             "score": round(float(instances.scores[i]), 4),
-             "box": [round(float(v), 2) for v in instances.boxes[i]],
-             "mask": rles[i]}
-            for i, t in enumerate(instances.track_ids)]
-
-
-def _lanes(lanes: Lanes) -> list[list[list[float]]]:
-    return [[[round(float(x), 2), round(float(y), 2)] for x, y in line] for line in lanes.polylines]
+SCHEMA = 2
 
 
 def to_record(result: FrameResult) -> dict[str, Any]:
     """The JSON-ready object for one frame (see the module docstring)."""
     frame = result.frame
-    return {"frame": frame.index,
+    return {"schema": SCHEMA,
+            "frame": frame.index,
             "pts": round(frame.pts, 6),
             "stream": frame.stream,
             "size": list(frame.size),
-            "instances": _instances(result.instances) if result.instances is not None else None,
-            "lanes": _lanes(result.lanes) if result.lanes is not None else None,
+            "layers": {name: layer.to_json() for name, layer in result.layers.items()},
             "timings_ms": {stage: round(s * 1000.0, 3) for stage, s in result.timings.items()},
             "source": dataclasses.asdict(result.source) if result.source is not None else None}
 
@@ -176,10 +147,3 @@ def read_jsonl(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
         for line in f:
             if line.strip():
                 yield json.loads(line)
-
-
-def encode_mask(mask: np.ndarray) -> dict[str, Any]:
-    """``{"size": [h, w], "counts": str}`` COCO RLE of one H×W mask (bool, or nonzero = inside):
-    the inverse of ``decode_mask``. A column-major bool mask is encoded without a copy."""
-    rle = mask_utils.encode(np.asfortranarray((mask if mask.dtype == bool else mask != 0).view(np.uint8)))
-    return {"size": [int(mask.shape[0]), int(mask.shape[1])], "counts": rle["counts"].decode("ascii")}

@@ -8,7 +8,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from segengine.errors import ConfigError
-from segengine.types import Instances
+from segengine.layers.instances import Instances
 
 
 @runtime_checkable

@@ -37,7 +37,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from segengine.errors import ConfigError
-from segengine.sinks.jsonl import encode_mask
+from segengine.rle import encode_mask
 from segengine.tracking.base import Detections
 
 FORMATS = ("mot", "mots", "jsonl")
@@ -248,16 +248,33 @@ def _read_mots(path: Path, fps: float, on_bytes: OnBytes | None) -> Iterator[Fra
         yield FrameDets(frame, frame / fps, dets, rles, grid)
 
 
+def instance_layer(record: dict[str, Any]) -> str | None:
+    """The name of a segengine JSON line's first instances layer (schema 2), or None."""
+    layers = record.get("layers")
+    if not isinstance(layers, dict):
+        return None
+    return next((name for name, layer in layers.items() if isinstance(layer, dict)
+                 and layer.get("kind") == "instances"), None)
+
+
+def instance_items(record: dict[str, Any]) -> list[dict[str, Any]] | None:
+    name = instance_layer(record)
+    return None if name is None else record["layers"][name]["items"]
+
+
 def _read_jsonl(path: Path, fps: float, on_bytes: OnBytes | None) -> Iterator[FrameDets]:
     grid: MaskGrid | None = None
     stream: str | None = None
     for lineno, text in _lines(path, on_bytes):
         try:
             record = json.loads(text)
+            if isinstance(record, dict) and "layers" not in record and "instances" in record:
+                raise ValueError("written by an older segengine (schema 1, top-level instances): run "
+                                 "`segengine run` again to write schema 2")
             frame, size = _frame_number(record["frame"]), tuple(int(v) for v in record["size"])
             pts = record.get("pts")
             t = float(pts) if isinstance(pts, (int, float)) else frame / fps
-            found = record.get("instances") or []
+            found = instance_items(record) or []
             boxes = np.array([[float(v) for v in i["box"]] for i in found], np.float64).reshape(-1, 4)
             scores = np.array([float(i["score"]) for i in found], np.float64)
             class_ids = np.array([int(i["class_id"]) for i in found], np.int64)
@@ -271,7 +288,8 @@ def _read_jsonl(path: Path, fps: float, on_bytes: OnBytes | None) -> Iterator[Fr
                 raise ValueError(f"stream {record.get('stream')!r} after stream {stream!r}: split the file by stream")
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ConfigError(f"{path} line {lineno}: expected a segengine JSON line: frame, size [h, w] and "
-                              f"instances with box [x1, y1, x2, y2], score, class_id and an optional mask RLE "
+                              f"an instances layer whose items have box [x1, y1, x2, y2], score, class_id and "
+                              f"an optional mask RLE "
                               f"({type(exc).__name__}: {exc}), got {_clip(text)}") from None
         rles = None
         if any(m is not None for m in given):

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from segengine.layers.instances import Instances
 from segengine.tracking.association import box_iou
-from segengine.types import Instances
 
 
 @dataclass

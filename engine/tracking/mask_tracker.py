@@ -35,10 +35,10 @@ import cv2
 import numpy as np
 
 from segengine.errors import ConfigError
+from segengine.layers.instances import Instances
 from segengine.tracking.association import BoxGrid, assign, buffered_iou, mask_iou, move_mask, similarity
 from segengine.tracking.base import Detections, TrackedObjects
 from segengine.tracking.kalman import BoxKalman, cxcywh_to_xyxy, xyxy_to_cxcywh
-from segengine.types import Instances
 
 TENTATIVE, CONFIRMED, LOST = 0, 1, 2  # a track's state; also the index into the gate tables
 _NONE = np.zeros(0, np.int64)

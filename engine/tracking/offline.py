@@ -18,12 +18,12 @@ from typing import Any
 from tqdm import tqdm
 
 from segengine.errors import ConfigError
-from segengine.sinks.jsonl import encode_mask
+from segengine.rle import encode_mask
 from segengine.tracking.association import BoxGrid
 from segengine.tracking.base import TrackedObjects
 from segengine.tracking.formats import FORMATS, GRID_FACTOR, FrameDets, detect_format, frame_rate, read_frames
-from segengine.tracking.writers import open_writer
 from segengine.tracking.mask_tracker import MaskTracker, TrackerConfig
+from segengine.tracking.writers import open_writer
 
 _SUFFIXES = {"mot": ".txt", "mots": ".txt", "jsonl": ".jsonl"}
 

@@ -13,9 +13,10 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from segengine.errors import ConfigError
-from segengine.sinks.jsonl import JsonlSink, encode_mask
+from segengine.rle import encode_mask
+from segengine.sinks.jsonl import JsonlSink
 from segengine.tracking.base import TrackedObjects
-from segengine.tracking.formats import FORMATS, FrameDets, to_coco
+from segengine.tracking.formats import FORMATS, FrameDets, instance_layer, to_coco
 
 
 class TrackWriter(Protocol):
@@ -98,8 +99,9 @@ class JsonlWriter:
 
     def write(self, frame: FrameDets, tracks: TrackedObjects, rles: Sequence[dict[str, Any] | None]) -> None:
         record = dict(frame.record or {})
-        found = record.get("instances")
-        if found is not None:
+        name = instance_layer(record)
+        if name is not None:
+            found = record["layers"][name]["items"]
             self._names.update((int(i["class_id"]), i.get("class")) for i in found)
             out = [{**i, "track_id": None} for i in found]
             for row, d in enumerate(tracks.detection):
@@ -110,7 +112,7 @@ class JsonlWriter:
                           "box": [round(float(v), 2) for v in tracks.boxes[row]],
                           "mask": rles[row] if rles[row] is not None else found[d].get("mask")}
                 self.rows += 1
-            record["instances"] = out
+            record["layers"] = {**record["layers"], name: {**record["layers"][name], "items": out}}
         self._sink.write_record(record)
 
     def close(self) -> None:

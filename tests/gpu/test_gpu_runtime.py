@@ -132,18 +132,15 @@ def test_tensorrt_engine_matches_onnxruntime(precision: str, share: float, dirs,
                                              tmp_path: Path) -> None:
     import io
 
-    import onnx
-
     from segengine.backends.cuda import open_memory
-    from segengine.backends.tensorrt import TensorRTBackend
+    from segengine.backends.tensorrt import EngineRunner
     from segengine.build import BuildRequest, build
-    from segengine.graph.compose import read_description
 
     graph, want = _reference(dirs, highway_frame)
     out = io.StringIO()
     path, _ = build(BuildRequest(str(graph), precision=precision), ENV, dirs, out=out)
     assert "finished in" in out.getvalue() and path.with_suffix(".json").is_file()
-    backend = TensorRTBackend(path, read_description(onnx.load(str(graph))), open_memory("auto"))
+    backend = EngineRunner(path, open_memory("auto"))
     results = [backend.infer(highway_frame) for _ in range(3)]  # the third frame runs a captured CUDA graph
     for got in results:
         _agree(got, want, share)
@@ -153,12 +150,12 @@ def test_tensorrt_engine_matches_onnxruntime(precision: str, share: float, dirs,
 @needs_tensorrt
 def test_an_engine_tensorrt_refuses_is_an_error_not_a_crash(dirs, highway_frame: np.ndarray, tmp_path: Path) -> None:
     from segengine.backends.cuda import open_memory
-    from segengine.backends.tensorrt import TensorRTBackend
+    from segengine.backends.tensorrt import EngineRunner
 
     junk = tmp_path / "junk.engine"
     junk.write_bytes(b"\x00" * 4096)
     with pytest.raises(BackendError, match="cannot load this engine"):
-        TensorRTBackend(junk, {}, open_memory("auto"))
+        EngineRunner(junk, open_memory("auto"))
 
 
 @needs_tensorrt

@@ -16,7 +16,6 @@ import numpy as np
 
 from segengine.geometry import Placement
 from segengine.graph.readout import frame_region
-from segengine.types import Lanes, SemanticMap
 
 # RANSAC hypotheses: a point from the lower part of a blob paired with one from the upper
 # part, at fixed quantiles, so the same map always gives the same lanes.
@@ -38,17 +37,20 @@ class _Piece:
         return np.abs(xs - np.polyval(self.coef, ys)) / np.sqrt(1.0 + slope * slope)
 
 
-def fit_lanes(lane_mask: SemanticMap, *, min_pixels: int = 30, min_span: float = 0.04,
-              max_lanes: int = 8, step: float = 4.0) -> Lanes:
+Polylines = tuple[np.ndarray, ...]  # each K×2 float32 (x, y) in frame pixels, top to bottom
+
+
+def fit_lanes(classes: np.ndarray, placement: Placement, *, min_pixels: int = 30, min_span: float = 0.04,
+              max_lanes: int = 8, step: float = 4.0) -> Polylines:
     """Lane polylines (frame pixels, top to bottom, sorted left to right at their lowest point).
 
     ``min_pixels``: blobs smaller than this (in map pixels) are noise. ``min_span``: a line
     must cover at least this fraction of the map's height (stop lines and specks do not).
     ``step``: spacing of the polyline's vertices, in map rows.
     """
-    binary = lane_mask.classes == 1
+    binary = classes == 1
     h = binary.shape[0]
-    rows, cols = frame_region(lane_mask.placement, binary.shape)
+    rows, cols = frame_region(placement, binary.shape)
     binary = np.ascontiguousarray(binary[rows, cols])
     tol = max(1.5, 0.008 * h)  # how far a run centre may sit from its line, in map pixels
     pieces = []
@@ -65,12 +67,12 @@ def fit_lanes(lane_mask: SemanticMap, *, min_pixels: int = 30, min_span: float =
         xs, ys = _inside(np.polyval(coef, ys), ys, binary.shape[1] - 1)
         if len(xs) < 2:
             continue
-        polylines.append(_to_frame(xs + cols.start, ys + rows.start, lane_mask.placement, lane_mask.classes.shape))
+        polylines.append(_to_frame(xs + cols.start, ys + rows.start, placement, classes.shape))
     polylines.sort(key=lambda p: p[-1, 0])
     if len(polylines) > max_lanes:  # keep the longest, still left to right
         longest = sorted(range(len(polylines)), key=lambda i: -np.ptp(polylines[i][:, 1]))[:max_lanes]
         polylines = [polylines[i] for i in sorted(longest)]
-    return Lanes(tuple(polylines))
+    return tuple(polylines)
 
 
 def _inside(xs: np.ndarray, ys: np.ndarray, right: float) -> tuple[np.ndarray, np.ndarray]:
@@ -245,9 +247,9 @@ class LaneSmoother:
     def reset(self) -> None:
         self._tracks = []
 
-    def update(self, lanes: Lanes) -> Lanes:
+    def update(self, polylines: Polylines) -> Polylines:
         fresh = [_Track(np.polyfit(p[:, 1], p[:, 0], min(2, len(p) - 1)), float(p[0, 1]), float(p[-1, 1]), len(p))
-                 for p in lanes.polylines if len(p) >= 2 and p[-1, 1] > p[0, 1]]
+                 for p in polylines if len(p) >= 2 and p[-1, 1] > p[0, 1]]
         pairs = sorted((self._cost(old, new), i, j) for i, old in enumerate(self._tracks)
                        for j, new in enumerate(fresh))
         used_old: set[int] = set()
@@ -266,7 +268,7 @@ class LaneSmoother:
         for t in kept:
             t.misses += 1
         self._tracks = fresh + kept
-        return Lanes(tuple(sorted((t.polyline() for t in self._tracks), key=lambda p: float(p[-1, 0]))))
+        return tuple(sorted((t.polyline() for t in self._tracks), key=lambda p: float(p[-1, 0])))
 
     @staticmethod
     def _cost(old: _Track, new: _Track) -> float:

@@ -1,0 +1,63 @@
+"""Preparing what a backend runs: a preset's (or the user's model's) graph for one frame size.
+
+Backends never know about presets: each says which form of graph it takes (``graph_format``)
+and this module makes that form, exported and cached, with its spec.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from segengine.errors import ConfigError
+from segengine.graph.spec import GraphSpec
+from segengine.models import zoo
+
+GraphFormat = Literal["onnx", "torch"]
+
+
+@dataclass(frozen=True)
+class GraphTarget:
+    """What to run: a preset or zoo model by name, or the user's own ONNX model (with its class list)."""
+
+    name: str = "road"
+    model_file: Path | None = None
+    classes: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.classes is not None and self.model_file is None:
+            raise ConfigError("a class list (--classes) goes with your own model (--model FILE.onnx); "
+                              "the presets have their own classes")
+
+    def label(self, frame_size: tuple[int, int]) -> str:
+        stem = Path(self.model_file).stem if self.model_file is not None else self.name
+        return f"{stem}-{frame_size[1]}x{frame_size[0]}"
+
+
+@dataclass(frozen=True)
+class PreparedGraph:
+    graph: Any  # an ONNX file (Path) for "onnx", a torch module for "torch"
+    spec: GraphSpec
+    label: str  # "road-960x540": for messages and compiled-engine caches
+
+
+def prepare(target: GraphTarget, frame_size: tuple[int, int], fmt: GraphFormat,
+            dirs: zoo.WeightDirs | None = None) -> PreparedGraph:
+    dirs = dirs or zoo.WeightDirs.from_env()
+    label = target.label(frame_size)
+    if fmt == "torch":
+        if target.model_file is not None:
+            raise ConfigError(f"{target.model_file}: an ONNX model runs on an ONNX backend (onnxruntime, "
+                              "tensorrt), not on torch")
+        from segengine.graph.compose import build_graph
+
+        module = build_graph(target.name, frame_size, dirs)
+        return PreparedGraph(module, module.spec(), label)
+    from segengine.graph.cache import cached_custom_graph, cached_graph
+
+    if target.model_file is not None:
+        path = cached_custom_graph(target.model_file, frame_size, classes=target.classes, dirs=dirs)
+    else:
+        path = cached_graph(target.name, frame_size, dirs=dirs)
+    return PreparedGraph(path, GraphSpec.read_file(path), label)
