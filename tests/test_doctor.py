@@ -100,3 +100,10 @@ def test_asked_for_backends() -> None:
     assert choose("onnxruntime", GPU).reason == "asked for"
     with pytest.raises(ConfigError, match="unknown backend 'tpu'"):
         choose("tpu", CPU)
+
+
+def test_the_cli_offers_every_registered_backend() -> None:
+    done = subprocess.run([sys.executable, "-m", "segengine.cli", "run", "--help"], capture_output=True, text=True,
+                          timeout=60)
+    help_text = " ".join(done.stdout.split())
+    assert done.returncode == 0 and all(name in help_text for name in NAMES), help_text

@@ -88,3 +88,28 @@ def test_an_inconsistent_spec_is_refused_where_it_is_made() -> None:
         OutputSpec("x", "binary_map", "m", ("t",), spec.outputs[0].placement, ())
     with pytest.raises(ConfigError, match="no output 'nope'"):
         spec.output("nope")
+
+
+def test_a_cached_graph_of_the_old_format_is_exported_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from segengine.graph import cache
+
+    made: list[Path] = []
+
+    def export(graph: object, path: Path) -> Path:
+        made.append(path)
+        model = onnx.ModelProto()
+        road_spec((540, 960)).write(model)
+        onnx.save(model, str(path))
+        return path
+
+    monkeypatch.setattr(cache, "build_graph", lambda name, size, dirs: None)
+    monkeypatch.setattr(cache, "export_graph", export)
+    dirs = zoo.WeightDirs(cache=tmp_path / "models")
+    stale = tmp_path / "graphs" / f"{cache.graph_key('road', (540, 960))}.onnx"
+    stale.parent.mkdir(parents=True)
+    old = onnx.ModelProto()
+    old.metadata_props.add(key="segengine", value=LEGACY.read_text())  # what the previous segengine cached
+    onnx.save(old, str(stale))
+    path = cache.cached_graph("road", (540, 960), dirs=dirs)
+    assert path == stale and len(made) == 1 and GraphSpec.read_file(path).version == VERSION
+    assert cache.cached_graph("road", (540, 960), dirs=dirs) == path and len(made) == 1  # now it is reused
