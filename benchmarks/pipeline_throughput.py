@@ -1,17 +1,21 @@
-"""Bare graph throughput vs `segengine run` end to end, on the same video, in one run.
+"""Bare graph throughput per backend and precision vs `segengine run` end to end, on the same video, in one run.
 
-    python benchmarks/pipeline_throughput.py [VIDEO] [--preset road] [--repeat 1]
+    python benchmarks/pipeline_throughput.py [VIDEO] [--preset road] [--repeat 1] [--frames N]
 
-Bare: every frame decoded into memory first, then the graph alone (ONNX Runtime, CPU),
-with its thread pool spinning and sleeping; the faster one counts.
-End to end: the CLI's pipeline (decode, inference, tracking, lanes, rendering, H.264 MP4
-and JSONL sinks) on the same frames. Both use the cached graph, so building it is not
-timed. The overhead is how much slower end to end is than the bare graph.
+Bare: every frame decoded into memory first, then the graph alone: ONNX Runtime (fp32, with
+denormals kept as before and flushed as now, its threads spinning and sleeping; the pipeline
+uses sleeping), and OpenVINO in fp32 and, where the CPU computes it natively, bf16. End to end:
+the CLI's pipeline (decode, inference, tracking, lanes, rendering, H.264 MP4 and JSONL sinks) on
+the same frames, per backend. All use the cached
+graph, so building it is not timed. Ratios are against ONNX Runtime's bare fp32 graph with
+denormals kept, in the same run; each end-to-end run is also compared with its own backend's bare
+graph.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import platform
 import re
@@ -19,12 +23,15 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import av
 import onnxruntime as ort
 
+from segengine.backends.base import BackendOptions
 from segengine.backends.onnxruntime import OnnxRuntimeBackend
+from segengine.backends.probe import cpu_isa, has_bf16
 from segengine.graph.cache import cached_graph
 from segengine.graph.spec import GraphSpec
 from segengine.models.zoo import WeightDirs
@@ -33,20 +40,22 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_VIDEO = REPO.parent / "shared" / "data" / "videos" / "udacity_lanelines_solidWhiteRight.mp4"
 
 
-def bare(graph: Path, frames: list, spinning: bool) -> float:
-    backend = OnnxRuntimeBackend(graph, GraphSpec.read_file(graph), spinning=spinning)
+def bare(make: Callable[[], object], frames: list) -> float:
+    backend = make()
     backend.infer(frames[0])  # warm-up: allocations, thread pool
     start = time.perf_counter()
     for frame in frames:
         backend.infer(frame)
+    backend.close()
     return len(frames) / (time.perf_counter() - start)
 
 
-def end_to_end(video: Path, preset: str, frames: int) -> tuple[float, float]:
+def end_to_end(video: Path, preset: str, backend: str, frames: int, limit: int | None) -> tuple[float, float]:
     """(the pipeline's own throughput from its summary, frames / wall time of the whole command)."""
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "segengine.cli", "run", str(video), "-o", f"{tmp}/out.mp4",
-               "--json", f"{tmp}/out.jsonl", "--preset", preset, "--backend", "onnxruntime"]
+               "--json", f"{tmp}/out.jsonl", "--preset", preset, "--backend", backend]
+        cmd += ["--max-frames", str(limit)] if limit else []
         start = time.perf_counter()
         done = subprocess.run(cmd, check=True, capture_output=True, text=True)
         elapsed = time.perf_counter() - start
@@ -61,24 +70,47 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("video", type=Path, nargs="?", default=DEFAULT_VIDEO)
     parser.add_argument("--preset", default="road")
-    parser.add_argument("--repeat", type=int, default=1, help="alternate bare and end-to-end runs this many times")
+    parser.add_argument("--repeat", type=int, default=1, help="repeat the whole set this many times")
+    parser.add_argument("--frames", type=int, help="use only the first N frames")
     args = parser.parse_args()
     with av.open(str(args.video)) as container:
-        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+        frames = [f.to_ndarray(format="rgb24") for i, f in zip(range(args.frames or 10**9), container.decode(video=0))]
     size = frames[0].shape[:2]
-    graph = cached_graph(args.preset, size, dirs=WeightDirs.from_env())
+    dirs = WeightDirs.from_env()
+    graph = cached_graph(args.preset, size, dirs=dirs)
+    spec = GraphSpec.read_file(graph)
+    has_ov = importlib.util.find_spec("openvino") is not None
     print(f"{args.video.name}: {len(frames)} frames {size[1]}x{size[0]}, preset {args.preset}")
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-          f"onnxruntime {ort.__version__}, python {platform.python_version()}")
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, ISA {', '.join(cpu_isa())}; "
+          f"onnxruntime {ort.__version__}" + (f", openvino {_ov_version()}" if has_ov else ", no openvino")
+          + f", python {platform.python_version()}")
     for i in range(args.repeat):
-        # The graph alone, with ONNX Runtime's threads spinning (its default, fastest alone) and
-        # sleeping (what the pipeline uses); the overhead is against the faster of the two.
-        spin, sleep = bare(graph, frames, spinning=True), bare(graph, frames, spinning=False)
-        b = max(spin, sleep)
-        e, wall = end_to_end(args.video, args.preset, len(frames))
-        print(f"run {i + 1}: bare graph {spin:.2f} fps spinning, {sleep:.2f} fps sleeping | segengine run {e:.2f} fps,"
-              f" overhead {(b / e - 1) * 100:.1f} % | whole command incl. start-up {wall:.2f} fps, "
-              f"overhead {(b / wall - 1) * 100:.1f} %")
+        plain = bare(lambda: OnnxRuntimeBackend(graph, spec, denormals_as_zero=False), frames)
+        bares = {"onnxruntime fp32, denormals kept": plain,
+                 "onnxruntime fp32 spinning": bare(lambda: OnnxRuntimeBackend(graph, spec, spinning=True), frames),
+                 "onnxruntime fp32": bare(lambda: OnnxRuntimeBackend(graph, spec), frames)}
+        if has_ov:
+            from segengine.backends.openvino import OpenVinoBackend
+
+            for precision in ("fp32", "bf16") if has_bf16(cpu_isa()) else ("fp32",):
+                options = BackendOptions(precision=precision, dirs=dirs)
+                bares[f"openvino {precision}"] = bare(lambda o=options: OpenVinoBackend(graph, spec, o), frames)
+        reference = plain  # what the engine ran before flushing denormals: the issue's baseline
+        print(f"run {i + 1}, bare graph: " + " | ".join(f"{k} {v:.2f} fps ({v / reference:.2f}x)"
+                                                      for k, v in bares.items()))
+        for backend in ("onnxruntime", "openvino") if has_ov else ("onnxruntime",):
+            e, wall = end_to_end(args.video, args.preset, backend, len(frames), args.frames)
+            own = bares["onnxruntime fp32"] if backend == "onnxruntime" else max(
+                v for k, v in bares.items() if "openvino" in k)
+            print(f"run {i + 1}, segengine run --backend {backend}: {e:.2f} fps ({e / reference:.2f}x the baseline, "
+                  f"{(own / e - 1) * 100:.1f} % under its own bare graph) | whole command incl. start-up "
+                  f"{wall:.2f} fps")
+
+
+def _ov_version() -> str:
+    import openvino
+
+    return openvino.__version__.split("-")[0]
 
 
 if __name__ == "__main__":

@@ -77,7 +77,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", help="road (default), street, or a single model name")
     p.add_argument("--model", type=Path, help="your own YOLO-seg or semantic ONNX model instead of a preset")
     p.add_argument("--classes", type=Path, help="class names for --model (one per line, or a JSON list)")
-    p.add_argument("--backend", default="auto", help="auto (default), onnxruntime, tensorrt or torch")
+    p.add_argument("--backend", default="auto", help="auto (default), onnxruntime, openvino, tensorrt or torch")
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                   help="auto (default: the backend's fastest that keeps accuracy), fp32, or bf16 (openvino)")
     p.add_argument("--show", action="store_true", help="show the overlaid video in a window")
     p.add_argument("--max-frames", type=_positive, help="stop after this many frames")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
@@ -91,6 +93,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--images", type=Path, required=True)
     p.add_argument("--labels", type=Path, required=True)
     p.add_argument("--mapping", type=Path, help='JSON {"model": {"CamVid class": ["model class", ...]}}')
+    p.add_argument("--backend", default="onnxruntime", help="onnxruntime (default), openvino, tensorrt or torch")
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                   help="auto (default), fp32, or bf16 (openvino on CPUs with AVX-512 BF16 or AMX)")
     _model_dir(p)
     p.set_defaults(func=_eval)
 
@@ -265,7 +270,7 @@ def _eval(args: argparse.Namespace) -> int:
     from segengine.evaluate import evaluate, load_mapping
 
     report = evaluate(args.name, args.images, args.labels, mapping=load_mapping(args.mapping),
-                      dirs=_dirs(args), progress=sys.stderr.isatty())
+                      dirs=_dirs(args), progress=sys.stderr.isatty(), backend=args.backend, precision=args.precision)
     print(report.table())
     return EXIT_OK
 

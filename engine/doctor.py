@@ -97,6 +97,16 @@ def _onnxruntime() -> Check:
                  "pip install --force-reinstall onnxruntime", required=True)
 
 
+def _openvino(env: GpuEnvironment) -> Check:
+    isa = ", ".join(env.cpu_isa) or "none of AVX2/AVX-512/AMX seen"
+    if env.openvino_version is None:
+        return Check("OpenVINO", MISSING, f"not installed (CPU: {isa})",
+                     "pip install openvino (bf16 on CPUs with AVX-512 BF16 or AMX)" if env.cpu_bf16
+                     else "pip install openvino")
+    mode = "bf16 where the accuracy guard allows" if env.cpu_bf16 else "fp32 (the CPU has no AVX-512 BF16 or AMX)"
+    return Check("OpenVINO", OK, f"{env.openvino_version}, {mode}; CPU: {isa}")
+
+
 def _pyav() -> list[Check]:
     if importlib.util.find_spec("av") is None:
         return [Check("PyAV", MISSING, "not installed", "pip install -e .", required=True)]
@@ -161,7 +171,7 @@ def _jetson(env: GpuEnvironment) -> Check:
 def checks(env: GpuEnvironment | None = None) -> list[Check]:
     env = env or detect()
     steps: list[Callable[[], Check | Iterable[Check]]] = [
-        _python, _numpy, lambda: _torch(env), _onnxruntime, _pyav, _opencv,
+        _python, _numpy, lambda: _torch(env), _onnxruntime, lambda: _openvino(env), _pyav, _opencv,
         lambda: _gpu(env), lambda: _tensorrt(env), lambda: _cuda_memory(env), lambda: _jetson(env)]
     out: list[Check] = []
     for step in steps:

@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from segengine.backends.base import Backend
+from segengine.backends.base import Backend, BackendOptions
 from segengine.backends.registry import choose, open_backend, prepare_for
 from segengine.errors import ConfigError
 from segengine.graph.prepare import GraphTarget
@@ -113,8 +113,9 @@ def predicted_classes(layers: Mapping[str, Layer], spec: GraphSpec,
 
 
 def evaluate(name: str, images: Path, labels: Path, *, mapping: Mapping[str, Mapping[str, list[str]]] | None = None,
-             dirs: zoo.WeightDirs | None = None, progress: bool = True, backend: str = "onnxruntime") -> Report:
-    """Per-class IoU of preset or model ``name`` over the labelled images, through ``backend``."""
+             dirs: zoo.WeightDirs | None = None, progress: bool = True, backend: str = "onnxruntime",
+             precision: str = "auto") -> Report:
+    """Per-class IoU of preset or model ``name`` over the labelled images, through ``backend`` at ``precision``."""
     mapping = mapping or DEFAULT_MAPPING
     data = pairs(Path(images), Path(labels))
     choice = choose(backend)
@@ -131,7 +132,8 @@ def evaluate(name: str, images: Path, labels: Path, *, mapping: Mapping[str, Map
                                   f"label image, got shape {label.shape}")
             size = image.shape[:2]
             if size not in backends:
-                backends[size] = open_backend(choice, prepare_for(choice, GraphTarget(name), size, dirs))
+                backends[size] = open_backend(choice, prepare_for(choice, GraphTarget(name), size, dirs),
+                                              BackendOptions(precision=precision, dirs=dirs))
                 _check_mapping(mapping, backends[size].spec)
             spec = backends[size].spec
             layers = decode_layers(backends[size].infer(cv2.cvtColor(image, cv2.COLOR_BGR2RGB)), spec)

@@ -66,7 +66,7 @@ class Pipeline:
         self.dirs = dirs
         self.options = options or BackendOptions(dirs=dirs)
         self._given: Backend | None = None if isinstance(backend, str) else backend
-        self.choice: Choice = (choose(backend) if isinstance(backend, str)
+        self.choice: Choice = (choose(backend, models=self.target.models()) if isinstance(backend, str)
                                else Choice(backend.name, "given to the pipeline"))
         self.sinks = list(sinks)
         self.tracker = tracker

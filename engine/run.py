@@ -10,6 +10,7 @@ from types import FrameType
 
 from tqdm import tqdm
 
+from segengine.backends.base import BackendOptions
 from segengine.capture.base import SourceOptions
 from segengine.capture.factory import open_source
 from segengine.capture.redact import Redactor
@@ -75,10 +76,11 @@ def run(args: argparse.Namespace) -> int:
     source.open()
     info = source.info
     sinks = open_sinks(output=args.output, json=args.json, show=args.show, image_dir=args.images_out, info=info)
+    dirs = WeightDirs.from_env(args.model_dir)
     pipeline = Pipeline(source, preset=args.preset, model=args.model, classes=args.classes, backend=args.backend,
-                        sinks=sinks,
-                        render=bool(args.output or args.show or args.images_out), max_frames=args.max_frames,
-                        dirs=WeightDirs.from_env(args.model_dir))
+                        sinks=sinks, render=bool(args.output or args.show or args.images_out),
+                        max_frames=args.max_frames, dirs=dirs,
+                        options=BackendOptions(precision=args.precision, dirs=dirs))
     if not args.quiet:
         print(f"segengine: {info.name} → backend {pipeline.choice.name} ({pipeline.choice.reason})", file=sys.stderr)
     total = info.frame_count

@@ -81,7 +81,7 @@ class FakeBackend(BackendInfo):
         self.closed = False
 
     @classmethod
-    def speed(cls, env: GpuEnvironment) -> int:
+    def speed(cls, env: GpuEnvironment, models: tuple[str, ...] = ()) -> int:
         return -1
 
     @classmethod

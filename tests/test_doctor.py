@@ -84,12 +84,12 @@ def test_auto_says_what_it_chose_and_why(env: GpuEnvironment, name: str, reason:
 
 
 def test_auto_never_picks_torch_on_the_cpu_and_ranks_every_backend() -> None:
-    assert set(NAMES) == {"auto", *BACKENDS} and set(BACKENDS) == {"onnxruntime", "tensorrt", "torch"}
+    assert set(NAMES) == {"auto", *BACKENDS} and set(BACKENDS) == {"onnxruntime", "openvino", "tensorrt", "torch"}
     report = available_report(CPU)
     assert report[0].startswith("tensorrt: no, TensorRT is not installed")
     assert any(line.startswith("onnxruntime: yes") for line in report)
     assert choose("auto", CPU).name == "onnxruntime"  # torch runs there, but slower than ONNX Runtime
-    assert [line.split(":")[0] for line in available_report(GPU)] == ["tensorrt", "torch", "onnxruntime"]
+    assert [line.split(":")[0] for line in available_report(GPU)] == ["tensorrt", "torch", "onnxruntime", "openvino"]
 
 
 def test_asked_for_backends() -> None:

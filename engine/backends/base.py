@@ -3,7 +3,8 @@
 Every backend has one constructor, ``Backend(graph, spec, options)``: ``graph`` is what the graph
 package prepared in the backend's ``graph_format`` (an ONNX file, or a torch module), ``spec`` its
 :class:`GraphSpec`. ``available(env)`` says why it cannot run on this machine (None when it can),
-``speed(env)`` ranks it for ``auto`` and ``where(env)`` says where it would run.
+``speed(env, models)`` ranks it for ``auto`` (for the graph of those models) and ``where(env)`` says
+where it would run.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from segengine.models import zoo
 @dataclass(frozen=True)
 class BackendOptions:
     device: str | None = None  # "cpu", "cuda", "cuda:1"; None: the backend's own choice
+    precision: str = "auto"  # "fp32", "bf16" (OpenVINO on CPUs that have it); "auto": the backend's best
     threads: int = 0  # CPU threads for inference; 0: the runtime's default
     dirs: zoo.WeightDirs | None = None  # compiled engines are cached beside the weights' cache
 
@@ -50,13 +52,26 @@ class BackendType(Protocol):
 
     def require(self, env: GpuEnvironment) -> None: ...
 
-    def speed(self, env: GpuEnvironment) -> int: ...
+    def speed(self, env: GpuEnvironment, models: tuple[str, ...] = ()) -> int: ...
 
     def where(self, env: GpuEnvironment) -> str: ...
 
 
 class BackendInfo:
-    """Defaults for the class-level questions: available everywhere, refused with the reason."""
+    """Defaults for the class-level questions: available everywhere, refused with the reason, fp32."""
+
+    precisions: ClassVar[tuple[str, ...]] = ("fp32",)
+
+    @classmethod
+    def check_precision(cls, options: BackendOptions) -> str:
+        """The precision to run: "auto" is the first the backend lists; one it lacks is refused."""
+        from segengine.errors import BackendError
+
+        if options.precision == "auto":
+            return cls.precisions[0]
+        if options.precision not in cls.precisions:
+            raise BackendError(f"backend {cls.name} runs {', '.join(cls.precisions)}, not {options.precision}")  # type: ignore[attr-defined]
+        return options.precision
 
     @classmethod
     def available(cls, env: GpuEnvironment) -> str | None:

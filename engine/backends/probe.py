@@ -31,6 +31,12 @@ class GpuEnvironment:
     cuda_python_version: str | None
     driver: str | None  # the NVIDIA kernel driver's version line, when loaded
     jetson: str | None  # the Jetson model, when this is one
+    openvino_version: str | None = None
+    cpu_isa: tuple[str, ...] = ()  # the CPU's vector extensions that backends care about (cpu_isa())
+
+    @property
+    def cpu_bf16(self) -> bool:
+        return has_bf16(self.cpu_isa)
 
     @property
     def has_cuda(self) -> bool:
@@ -100,6 +106,24 @@ def _jetson() -> str | None:
     return None
 
 
+_ISA = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
+
+
+def cpu_isa() -> tuple[str, ...]:
+    """The extensions in ``_ISA`` that /proc/cpuinfo lists (empty where there is none: not Linux)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ()
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return tuple(flag for flag in _ISA if flag in flags)
+
+
+def has_bf16(isa: tuple[str, ...]) -> bool:
+    """The CPU computes bf16 natively (AVX-512 BF16 or AMX): where OpenVINO's bf16 is fast."""
+    return any(flag in isa for flag in ("avx512_bf16", "amx_bf16"))
+
+
 def detect() -> GpuEnvironment:
     torch_version = torch_cuda = device = capability = None
     if importlib.util.find_spec("torch") is not None:
@@ -112,4 +136,4 @@ def detect() -> GpuEnvironment:
             capability = f"{major}.{minor}"
     cuda_python = _version("cuda-python") or _version("cuda-bindings")
     return GpuEnvironment(torch_version, torch_cuda, device, capability, _tensorrt_version(), cuda_python,
-                          _driver(), _jetson())
+                          _driver(), _jetson(), _version("openvino"), cpu_isa())

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from segengine.backends.base import Backend, BackendOptions, BackendType
 from segengine.backends.onnxruntime import OnnxRuntimeBackend
+from segengine.backends.openvino import OpenVinoBackend
 from segengine.backends.probe import GpuEnvironment, detect
 from segengine.backends.tensorrt_backend import TensorRTBackend
 from segengine.backends.torch import TorchBackend
@@ -18,7 +19,8 @@ from segengine.errors import ConfigError
 from segengine.graph.prepare import GraphTarget, PreparedGraph, prepare
 from segengine.models import zoo
 
-BACKENDS: dict[str, BackendType] = {b.name: b for b in (TensorRTBackend, TorchBackend, OnnxRuntimeBackend)}
+BACKENDS: dict[str, BackendType] = {b.name: b for b in (TensorRTBackend, TorchBackend, OpenVinoBackend,
+                                                         OnnxRuntimeBackend)}
 NAMES = ("auto", *BACKENDS)
 
 
@@ -28,7 +30,8 @@ class Choice:
     reason: str
 
 
-def choose(requested: str, env: GpuEnvironment | None = None) -> Choice:
+def choose(requested: str, env: GpuEnvironment | None = None, models: tuple[str, ...] = ()) -> Choice:
+    """``models``: the networks the graph will hold, for backends whose speed depends on them."""
     if requested not in NAMES:
         raise ConfigError(f"unknown backend {requested!r}; choose one of {', '.join(NAMES)}")
     if requested == "onnxruntime":  # needs no probe of the GPU
@@ -38,7 +41,7 @@ def choose(requested: str, env: GpuEnvironment | None = None) -> Choice:
         backend = BACKENDS[requested]
         backend.require(env)  # raises with every missing piece and its fix
         return Choice(requested, f"asked for; {backend.where(env)}")
-    ranked = sorted(BACKENDS.values(), key=lambda b: -b.speed(env))
+    ranked = sorted(BACKENDS.values(), key=lambda b: -b.speed(env, models))
     best = next(b for b in ranked if b.available(env) is None)
     faster = [f"{b.name}: {b.available(env)}" for b in ranked[:ranked.index(best)]]
     return Choice(best.name, best.where(env) + "".join(f"; not {f}" for f in faster))

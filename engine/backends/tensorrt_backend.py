@@ -68,7 +68,7 @@ class TensorRTBackend(BackendInfo):
         require_tensorrt(env)
 
     @classmethod
-    def speed(cls, env: GpuEnvironment) -> int:
+    def speed(cls, env: GpuEnvironment, models: tuple[str, ...] = ()) -> int:
         return 30
 
     @classmethod

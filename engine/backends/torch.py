@@ -25,6 +25,7 @@ class TorchBackend(BackendInfo):
 
     def __init__(self, graph: torch.nn.Module, spec: GraphSpec, options: BackendOptions | None = None) -> None:
         options = options or BackendOptions()
+        self.check_precision(options)
         self.device = torch.device(options.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.spec = spec
         self._graph: torch.nn.Module | None = graph.eval().to(self.device)
@@ -37,7 +38,7 @@ class TorchBackend(BackendInfo):
         self._host_outputs: list[torch.Tensor] | None = None  # pinned, the outputs' shapes
 
     @classmethod
-    def speed(cls, env: GpuEnvironment) -> int:
+    def speed(cls, env: GpuEnvironment, models: tuple[str, ...] = ()) -> int:
         return 20 if env.cuda_device is not None else 0  # on the CPU, ONNX Runtime runs the same graph faster
 
     @classmethod

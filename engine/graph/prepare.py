@@ -30,6 +30,14 @@ class GraphTarget:
             raise ConfigError("a class list (--classes) goes with your own model (--model FILE.onnx); "
                               "the presets have their own classes")
 
+    def models(self) -> tuple[str, ...]:
+        """The networks its graph holds (a user's model by its file name, as its spec says)."""
+        if self.model_file is not None:
+            return (Path(self.model_file).name,)
+        from segengine.graph.compose import model_names
+
+        return model_names(self.name)
+
     def label(self, frame_size: tuple[int, int]) -> str:
         stem = Path(self.model_file).stem if self.model_file is not None else self.name
         return f"{stem}-{frame_size[1]}x{frame_size[0]}"
