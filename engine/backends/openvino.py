@@ -69,7 +69,8 @@ class OpenVinoBackend(BackendInfo):
 
     @classmethod
     def speed(cls, env: GpuEnvironment, models: tuple[str, ...] = ()) -> int:
-        # Measured on the road graph, 2 cores: bf16 1.8x ONNX Runtime; fp32 ~15 % slower than it.
+        # The road graph on 2 cores (AMD EPYC, AVX-512 BF16): bf16 1.7x ONNX Runtime; fp32 within +-15 % of
+        # it (two runs disagreed), so without bf16 the long-proven ONNX Runtime stays first.
         return 15 if env.cpu_bf16 and bf16_keeps_accuracy(models) else 5
 
     @classmethod
