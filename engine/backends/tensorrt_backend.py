@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -75,7 +75,7 @@ class TensorRTBackend(BackendInfo):
     def where(cls, env: GpuEnvironment) -> str:
         return f"TensorRT {env.tensorrt_version} on {env.cuda_device or env.jetson or 'the CUDA device'}"
 
-    def _run(self):  # noqa: ANN202 - the runner's type lives behind the TensorRT import
+    def _run(self) -> Any:  # the EngineRunner: its type lives behind the TensorRT import
         if self._runner is None:
             raise BackendError("backend is closed")
         return self._runner
