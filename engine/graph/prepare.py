@@ -38,22 +38,16 @@ class GraphTarget:
 
         return model_names(self.name)
 
-    def label(self, frame_size: tuple[int, int]) -> str:
-        stem = Path(self.model_file).stem if self.model_file is not None else self.name
-        return f"{stem}-{frame_size[1]}x{frame_size[0]}"
-
 
 @dataclass(frozen=True)
 class PreparedGraph:
     graph: Any  # an ONNX file (Path) for "onnx", a torch module for "torch"
     spec: GraphSpec
-    label: str  # "road-960x540": for messages and compiled-engine caches
 
 
 def prepare(target: GraphTarget, frame_size: tuple[int, int], fmt: GraphFormat,
             dirs: zoo.WeightDirs | None = None) -> PreparedGraph:
     dirs = dirs or zoo.WeightDirs.from_env()
-    label = target.label(frame_size)
     if fmt == "torch":
         if target.model_file is not None:
             raise ConfigError(f"{target.model_file}: an ONNX model runs on an ONNX backend (onnxruntime, "
@@ -61,11 +55,11 @@ def prepare(target: GraphTarget, frame_size: tuple[int, int], fmt: GraphFormat,
         from segengine.graph.compose import build_graph
 
         module = build_graph(target.name, frame_size, dirs)
-        return PreparedGraph(module, module.spec(), label)
+        return PreparedGraph(module, module.spec())
     from segengine.graph.cache import cached_custom_graph, cached_graph
 
     if target.model_file is not None:
         path = cached_custom_graph(target.model_file, frame_size, classes=target.classes, dirs=dirs)
     else:
         path = cached_graph(target.name, frame_size, dirs=dirs)
-    return PreparedGraph(path, GraphSpec.read_file(path), label)
+    return PreparedGraph(path, GraphSpec.read_file(path))
