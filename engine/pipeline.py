@@ -64,7 +64,8 @@ class Pipeline:
                        else source)
         self.target = GraphTarget(preset or "road", model, classes)
         self.dirs = dirs
-        self.options = options or BackendOptions(dirs=dirs)
+        # One folder set for both the graph cache and the backends' own caches.
+        self.options = replace(options, dirs=options.dirs or dirs) if options else BackendOptions(dirs=dirs)
         self._given: Backend | None = None if isinstance(backend, str) else backend
         self.choice: Choice = (choose(backend, models=self.target.models()) if isinstance(backend, str)
                                else Choice(backend.name, "given to the pipeline"))

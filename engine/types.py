@@ -92,9 +92,13 @@ class FrameResult:
     rendered: np.ndarray | None = None  # the overlay, once the renderer ran
     source: SourceStatus | None = None  # the source's health when this frame was finished
 
+    def all(self, kind: type[L]) -> list[L]:
+        """Every layer of type ``kind``, in the graph's output order."""
+        return [layer for layer in self.layers.values() if isinstance(layer, kind)]
+
     def first(self, kind: type[L]) -> L | None:
         """The first layer of type ``kind`` (in the graph's output order), or None."""
-        return next((layer for layer in self.layers.values() if isinstance(layer, kind)), None)
+        return next(iter(self.all(kind)), None)
 
     def get(self, name: str, kind: type[L]) -> L:
         """The layer named ``name``, checked to be a ``kind``."""

@@ -12,7 +12,7 @@ from segengine.backends.base import BackendInfo, BackendOptions
 from segengine.backends.probe import GpuEnvironment
 from segengine.geometry import Placement, letterbox, stretch
 from segengine.graph.spec import GraphSpec, InputSpec, OutputSpec
-from segengine.layers import BinaryMap, Instances, LaneLines, SemanticMap
+from segengine.layers import BinaryMap, Instances
 from segengine.types import Frame, FrameResult
 
 COCO_FEW = ("person", "bicycle", "car")
@@ -128,8 +128,7 @@ class FakeBackend(BackendInfo):
         self.closed = True
 
 
-__all__ = ["COCO_FEW", "FakeBackend", "LaneLines", "SemanticMap", "box_instances", "class_map", "frame", "result",
-           "road_spec"]
+__all__ = ["COCO_FEW", "FakeBackend", "box_instances", "class_map", "frame", "onnx_backend", "result", "road_spec"]
 
 
 def onnx_backend(path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -60,9 +61,13 @@ def test_auto_picks_openvino_only_where_bf16_is_fast_and_safe() -> None:
         choose("openvino", CPU)
 
 
-def test_this_cpus_flags_are_read() -> None:
-    isa = cpu_isa()
-    assert isinstance(isa, tuple) and has_bf16(isa) == any(f in isa for f in ("avx512_bf16", "amx_bf16"))
+def test_the_cpus_flags_are_read_from_cpuinfo(tmp_path: Path) -> None:
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 amx_tile\n\nprocessor\t: 1\n")
+    assert cpu_isa(info) == ("avx2", "avx512f", "avx512_bf16", "amx_tile") and has_bf16(cpu_isa(info))
+    info.write_text("flags\t\t: fpu sse2 avx2\n")
+    assert cpu_isa(info) == ("avx2",) and not has_bf16(cpu_isa(info))
+    assert cpu_isa(tmp_path / "absent") == ()  # not Linux: no flags, no bf16, fp32
 
 
 @needs_openvino

@@ -109,10 +109,10 @@ def _jetson() -> str | None:
 _ISA = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
 
 
-def cpu_isa() -> tuple[str, ...]:
-    """The extensions in ``_ISA`` that /proc/cpuinfo lists (empty where there is none: not Linux)."""
+def cpu_isa(cpuinfo: Path = Path("/proc/cpuinfo")) -> tuple[str, ...]:
+    """The extensions in ``_ISA`` that cpuinfo lists (empty where there is none: not Linux)."""
     try:
-        text = Path("/proc/cpuinfo").read_text()
+        text = cpuinfo.read_text()
     except OSError:
         return ()
     flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])

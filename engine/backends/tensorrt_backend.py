@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 
@@ -40,7 +40,7 @@ class TensorRTBackend(BackendInfo):
         try:
             path, key = engine_for_run(graph, env, dirs, memory, label=label)
             try:
-                self._runner: EngineRunner | None = EngineRunner(path, memory)
+                self._runner = EngineRunner(path, memory)
             except BackendError as exc:
                 print(f"segengine: {exc}; rebuilding it", file=sys.stderr)
                 cache = EngineCache(engine_folder(dirs))
@@ -75,21 +75,15 @@ class TensorRTBackend(BackendInfo):
     def where(cls, env: GpuEnvironment) -> str:
         return f"TensorRT {env.tensorrt_version} on {env.cuda_device or env.jetson or 'the CUDA device'}"
 
-    def _run(self) -> Any:  # the EngineRunner: its type lives behind the TensorRT import
-        if self._runner is None:
-            raise BackendError("backend is closed")
-        return self._runner
-
+    # The runner refuses frames once closed, and closes once: nothing to add here.
     def infer(self, frame: np.ndarray) -> dict[str, np.ndarray]:
-        return self._run().infer(frame)
+        return self._runner.infer(frame)
 
     def submit(self, frame: np.ndarray) -> None:
-        self._run().submit(frame)
+        self._runner.submit(frame)
 
     def collect(self) -> dict[str, np.ndarray]:
-        return self._run().collect()
+        return self._runner.collect()
 
     def close(self) -> None:
-        if self._runner is not None:
-            self._runner.close()
-            self._runner = None
+        self._runner.close()

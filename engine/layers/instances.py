@@ -130,8 +130,8 @@ class InstanceDrawer:
         check_opacity("InstanceDrawer.alpha", self.alpha)
 
     def draw(self, canvas: np.ndarray, result: Any) -> None:
-        for layer in result.layers.values():
-            if isinstance(layer, Instances) and len(layer):
+        for layer in result.all(Instances):
+            if len(layer):
                 self._draw(canvas, result.frame.image, layer)
 
     def _draw(self, out: np.ndarray, frame: np.ndarray, inst: Instances) -> None:

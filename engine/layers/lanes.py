@@ -72,9 +72,7 @@ class LaneDrawer:
         check_opacity("LaneDrawer.map_alpha", self.map_alpha)
 
     def draw(self, canvas: np.ndarray, result: Any) -> None:
-        for layer in result.layers.values():
-            if not isinstance(layer, LaneLines):
-                continue
+        for layer in result.all(LaneLines):
             if layer.polylines is None:
                 tint_where(canvas, smooth_class_mask(layer.classes, layer.placement), self.colour, self.map_alpha)
             elif layer.polylines:

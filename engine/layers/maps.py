@@ -103,6 +103,5 @@ class MapTint:
         check_opacity("MapTint.alpha", self.alpha)
 
     def draw(self, canvas: np.ndarray, result: Any) -> None:
-        for layer in result.layers.values():
-            if isinstance(layer, BinaryMap):
-                tint_where(canvas, smooth_class_mask(layer.classes, layer.placement), self.colour, self.alpha)
+        for layer in result.all(BinaryMap):
+            tint_where(canvas, smooth_class_mask(layer.classes, layer.placement), self.colour, self.alpha)

@@ -33,10 +33,9 @@ class SemanticTint:
         check_opacity("SemanticTint.alpha", self.alpha)
 
     def draw(self, canvas: np.ndarray, result: Any) -> None:
-        for layer in result.layers.values():
-            if isinstance(layer, SemanticMap):
-                lut = semantic_lut(layer.class_names)
-                classes = layer.to_frame()
-                colours = cv2.LUT(cv2.merge([classes, classes, classes]), lut.reshape(256, 1, 3))
-                tinted = cv2.addWeighted(canvas, 1.0 - self.alpha, colours, self.alpha, 0.0)
-                cv2.copyTo(tinted, cv2.LUT(classes, (lut.any(axis=1) * 255).astype(np.uint8)), canvas)
+        for layer in result.all(SemanticMap):
+            lut = semantic_lut(layer.class_names)
+            classes = layer.to_frame()
+            colours = cv2.LUT(cv2.merge([classes, classes, classes]), lut.reshape(256, 1, 3))
+            tinted = cv2.addWeighted(canvas, 1.0 - self.alpha, colours, self.alpha, 0.0)
+            cv2.copyTo(tinted, cv2.LUT(classes, (lut.any(axis=1) * 255).astype(np.uint8)), canvas)
