@@ -138,9 +138,9 @@ class Pipeline:
     # -- the inference thread ----------------------------------------------------------------
 
     def _infer_loop(self) -> None:
-        """Frames in order through the backend. A backend that can keep a frame in flight
-        (``submit``/``collect``: TensorRT's double-buffered runtime) gets frame N+1 submitted
-        before frame N is collected, so its copy overlaps N's compute; when no next frame is
+        """Frames in order through the backend. A backend that can keep frames in flight
+        (``submit``/``collect``: TensorRT's double-buffered runtime, OpenVINO's streams) gets up to
+        its ``depth`` frames submitted before the oldest is collected, so their work overlaps; when no next frame is
         waiting (a live feed between frames), the frame in flight is collected at once, so
         overlap never adds latency."""
         pending: deque[tuple[Frame, float]] = deque()  # submitted, not yet collected
@@ -167,7 +167,7 @@ class Pipeline:
                 if isinstance(backend, Pipelined):
                     backend.submit(frame.image)
                     pending.append((frame, t1))
-                    if len(pending) > 1:
+                    if len(pending) >= backend.depth:
                         self._collect(pending)
                 else:
                     self._emit(frame, backend.infer(frame.image), t1)
@@ -201,8 +201,9 @@ class Pipeline:
                               f"gives {size[1]}x{size[0]}: pass a backend name instead, so graphs follow the frames")
         if self._backend is not None:
             self._backend.close()
-        self._backend = open_backend(self.choice, prepare_for(self.choice, self.target, size, self.dirs),
-                                     self.options)
+        # A live feed wants each frame soon (one at a time); a file wants the most frames a second.
+        options = replace(self.options, streams=1) if self.info.live and not self.options.streams else self.options
+        self._backend = open_backend(self.choice, prepare_for(self.choice, self.target, size, self.dirs), options)
         return self._backend
 
     # -- the caller's thread -----------------------------------------------------------------

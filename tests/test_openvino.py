@@ -100,3 +100,34 @@ def test_openvino_refuses_other_devices() -> None:
         pytest.skip("needs openvino")
     with pytest.raises(BackendError, match="not on 'cuda'"):
         OpenVinoBackend("unused.onnx", road_spec(), BackendOptions(device="cuda"))
+
+
+@needs_openvino
+def test_openvino_streams_keep_frames_in_flight_in_order(dirs: zoo.WeightDirs, highway_frame: np.ndarray) -> None:
+    from segengine.graph.prepare import GraphTarget, prepare
+
+    prepared = prepare(GraphTarget("road"), highway_frame.shape[:2], "onnx", dirs)
+    options = BackendOptions(precision="fp32", dirs=dirs)
+    one = OpenVinoBackend(prepared.graph, prepared.spec, replace(options, streams=1))
+    frames = [highway_frame, np.ascontiguousarray(highway_frame[:, ::-1])]  # mirrored: other cars, other boxes
+    want = [one.infer(f) for f in frames]
+    assert one.depth == 1
+    one.close()
+    two = OpenVinoBackend(prepared.graph, prepared.spec, replace(options, streams=2))
+    assert two.depth == 2
+    with pytest.raises(BackendError, match="no frame in flight"):
+        two.collect()
+    for frame in frames:
+        two.submit(frame)
+    with pytest.raises(BackendError, match="2 frames in flight already"):
+        two.submit(highway_frame)
+    with pytest.raises(BackendError, match="collect them before calling infer"):
+        two.infer(highway_frame)
+    for expected in want:  # oldest first, each frame's own outputs
+        got = two.collect()
+        for name in expected:
+            np.testing.assert_allclose(got[name], expected[name], atol=1e-3, err_msg=name)
+    two.submit(highway_frame)
+    two.close()  # waits for the frame in flight, then refuses
+    with pytest.raises(BackendError, match="closed"):
+        two.submit(highway_frame)

@@ -253,6 +253,7 @@ class _InFlight:
     (``submit`` now, ``collect`` later), computing with ONNX Runtime underneath."""
 
     name = "in-flight"
+    depth = 2
 
     def __init__(self, inner) -> None:
         self.inner, self.spec = inner, inner.spec
@@ -285,10 +286,12 @@ def test_frames_in_flight_overlap_on_files_and_add_no_latency_on_a_slow_live_fee
     with Pipeline(SyntheticSource(width=320, height=180, frames=frames), render=False, dirs=dirs) as pipeline:
         plain = list(pipeline)  # also caches the graph: the live run below starts without a backlog
     made: list[_InFlight] = []
+    streams: list[int] = []
     real = pipeline_module.open_backend
 
-    def open_backend(*args, **kwargs) -> _InFlight:
-        made.append(_InFlight(real(*args, **kwargs)))
+    def open_backend(choice, prepared, options) -> _InFlight:
+        streams.append(options.streams)
+        made.append(_InFlight(real(choice, prepared, options)))
         return made[-1]
 
     monkeypatch.setattr(pipeline_module, "open_backend", open_backend)
@@ -301,6 +304,7 @@ def test_frames_in_flight_overlap_on_files_and_add_no_latency_on_a_slow_live_fee
     # A file: N+1 is submitted before N is collected. A live feed between frames: N is collected
     # at once instead of waiting for N+1.
     assert backend.most_in_flight == in_flight
+    assert streams == [1 if live else 0]  # a live feed asks for one frame at a time: the lowest latency
     for a in results:  # the same answers as the synchronous path
         b = plain[a.frame.index]
         assert np.array_equal(a.instances.boxes, b.instances.boxes)

@@ -108,6 +108,24 @@ def test_video_25fps_keeps_frames_size_and_pts(tmp_path: Path) -> None:
     np.testing.assert_allclose(frames[3].to_ndarray(format="rgb24")[45, 20], _image(3, (90, 160))[45, 20], atol=8)
 
 
+def test_video_saturated_colours_survive_and_the_matrix_is_tagged(tmp_path: Path) -> None:
+    # OpenCV converts with BT.601's matrix: the stream must say so, or a player reading it as BT.709
+    # shifts saturated red by ~20 levels (measured: 230,20,20 decodes to 246,38,16).
+    colours = [(230, 20, 20), (20, 230, 20), (20, 20, 230), (230, 230, 20), (128, 128, 128), (250, 250, 250)]
+    image = np.zeros((96, 160, 3), np.uint8)
+    for k, colour in enumerate(colours):
+        image[:, k * 26:(k + 1) * 26] = colour
+    sink = VideoSink(tmp_path / "c.mp4", SourceInfo("c", False, (96, 160), Fraction(25)))
+    for i in range(3):
+        sink.write(FrameResult(Frame(image, i, i / 25)))
+    sink.close()
+    frame = _decode(tmp_path / "c.mp4")[0]
+    assert (frame.colorspace, frame.color_range) == (6, 1)  # SMPTE 170M (BT.601) matrix, limited range
+    decoded = frame.to_ndarray(format="rgb24")
+    for k, colour in enumerate(colours):
+        np.testing.assert_allclose(decoded[48, k * 26 + 13], colour, atol=4)
+
+
 def test_video_variable_frame_rate_pts_are_exact(tmp_path: Path) -> None:
     ticks = np.cumsum(np.random.default_rng(1).integers(1000, 9000, 20)) - 1000  # irregular gaps, in 1/90000
     info = SourceInfo("vfr", False)  # no time base, size or fps known: 1/90000 is used

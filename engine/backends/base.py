@@ -24,6 +24,7 @@ class BackendOptions:
     device: str | None = None  # "cpu", "cuda", "cuda:1"; None: the backend's own choice
     precision: str = "auto"  # "fp32", "bf16" (OpenVINO on CPUs that have it); "auto": the backend's best
     threads: int = 0  # CPU threads for inference; 0: the runtime's default
+    streams: int = 0  # frames computed at once (OpenVINO's streams); 0: the backend's choice, 1: lowest latency
     dirs: zoo.WeightDirs | None = None  # compiled engines are cached beside the weights' cache
 
 
@@ -88,8 +89,10 @@ class BackendInfo:
 
 @runtime_checkable
 class Pipelined(Protocol):
-    """A backend that can keep one frame in flight: ``submit`` returns before the frame is
-    computed, ``collect`` returns the oldest submitted frame's outputs (arrays the caller owns)."""
+    """A backend that keeps up to ``depth`` frames in flight: ``submit`` returns before the frame
+    is computed, ``collect`` returns the oldest submitted frame's outputs (arrays the caller owns)."""
+
+    depth: int  # frames it can hold submitted and not yet collected
 
     def submit(self, frame: np.ndarray) -> None: ...
 

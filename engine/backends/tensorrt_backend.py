@@ -75,6 +75,8 @@ class TensorRTBackend(BackendInfo):
     def where(cls, env: GpuEnvironment) -> str:
         return f"TensorRT {env.tensorrt_version} on {env.cuda_device or env.jetson or 'the CUDA device'}"
 
+    depth = 2  # the runner's two buffer sets: frame N+1's copy overlaps frame N's compute
+
     # The runner refuses frames once closed, and closes once: nothing to add here.
     def infer(self, frame: np.ndarray) -> dict[str, np.ndarray]:
         return self._runner.infer(frame)

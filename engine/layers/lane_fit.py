@@ -33,8 +33,12 @@ class _Piece:
 
     def residual(self, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
         """Distance across the line (not along x), so shallow lines are not penalised."""
-        slope = np.polyval(np.polyder(self.coef), ys) if len(self.coef) > 1 else 0.0
-        return np.abs(xs - np.polyval(self.coef, ys)) / np.sqrt(1.0 + slope * slope)
+        # Horner by hand: np.polyval/np.polyder cost more than the arithmetic on these few points.
+        x, slope = np.zeros_like(ys, dtype=np.float64), np.zeros_like(ys, dtype=np.float64)
+        for c in self.coef:
+            slope = slope * ys + x
+            x = x * ys + c
+        return np.abs(xs - x) / np.sqrt(1.0 + slope * slope)
 
 
 Polylines = tuple[np.ndarray, ...]  # each K×2 float32 (x, y) in frame pixels, top to bottom
