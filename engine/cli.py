@@ -82,6 +82,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="auto (default: the backend's fastest that keeps accuracy), fp32, or bf16 (openvino)")
     p.add_argument("--show", action="store_true", help="show the overlaid video in a window")
     p.add_argument("--max-frames", type=_positive, help="stop after this many frames")
+    p.add_argument("--interval", default="1", metavar="N|auto",
+                   help="run the networks on every Nth frame only, tracks carried by their motion between "
+                        "(1: every frame, the default); auto: as often as a live feed allows (1..8), "
+                        "every frame on a file")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     p.add_argument("-v", "--verbose", action="store_true", help="also show FFmpeg's own warnings (redacted)")
     _source_flags(p)

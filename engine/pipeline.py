@@ -3,7 +3,9 @@
 Every hop is a bounded queue. Files are lossless (a full queue blocks the producer);
 live sources keep the latest frame (the capture thread drops the oldest). The stateful
 stages (tracker, lane smoothing, encoders) run on the thread that iterates the pipeline,
-so they need no locks, while decoding and inference overlap with them. A failing stage
+so they need no locks, while decoding and inference overlap with them. With ``interval`` the
+inference thread sends only every Nth frame through the backend and passes the others on
+uninferred, in order; the layer stages carry the last layers over them. A failing stage
 hands its exception down the queue; the caller gets it re-raised. Every wait is bounded
 and checks the stop event, so ``close()`` always returns within its deadline.
 """
@@ -28,7 +30,9 @@ from segengine.capture.factory import open_source
 from segengine.capture.thread import CaptureThread
 from segengine.errors import ConfigError, EndOfStream
 from segengine.graph.prepare import GraphTarget
-from segengine.layers import Instances, LayerStage, decode_layers
+from segengine.interval import Interval, IntervalPolicy, check_interval, make_policy
+from segengine.layers import decode_layers
+from segengine.layers.stages import LayerStages
 from segengine.models import zoo
 from segengine.render.base import Renderer
 from segengine.render.compose import LayerRenderer
@@ -48,8 +52,10 @@ class Pipeline:
     What runs: ``preset`` (default "road") or your ``model`` ONNX (with ``classes``), on ``backend``
     (a name, "auto" by default, or an opened Backend object, which then fixes the graph). ``sinks``
     receive every result (rendered unless ``render=False``); ``close()`` stops all threads within
-    ``deadline`` seconds and finalises every sink, also after an error or a signal. Arguments that
-    would have no effect together are refused.
+    ``deadline`` seconds and finalises every sink, also after an error or a signal. ``interval``: the
+    networks run on every Nth frame only (1, the default: every frame), the frames between carried
+    (``FrameResult.inferred`` is False); "auto" adapts N to keep up with a live feed and is 1 on a
+    file (see ``segengine.interval``). Arguments that would have no effect together are refused.
     """
 
     def __init__(self, source: str | Source, *, preset: str | None = None, model: Path | None = None,
@@ -57,11 +63,13 @@ class Pipeline:
                  render: bool = True, tracker: Tracker | None = None, renderer: Renderer | None = None,
                  max_frames: int | None = None, queue_size: int = 4, dirs: zoo.WeightDirs | None = None,
                  options: BackendOptions | None = None, deadline: float = 5.0, loop: bool | None = None,
-                 source_options: SourceOptions | None = None) -> None:
+                 source_options: SourceOptions | None = None, interval: Interval = 1) -> None:
         _check_arguments(source, preset, model, classes, backend, render, renderer, dirs, options, loop,
                          source_options)
         self.source = (open_source(source, loop=bool(loop), options=source_options) if isinstance(source, str)
                        else source)
+        self.interval = check_interval(interval)
+        self._policy: IntervalPolicy | None = None  # made at start, once the source knows if it is live
         self.target = GraphTarget(preset or "road", model, classes)
         self.dirs = dirs
         # One folder set for both the graph cache and the backends' own caches.
@@ -71,6 +79,7 @@ class Pipeline:
                                else Choice(backend.name, "given to the pipeline"))
         self.sinks = list(sinks)
         self.tracker = tracker
+        self._stages = LayerStages(tracker)  # per output: its per-stream state
         self.renderer = renderer or (LayerRenderer() if render else None)
         self.max_frames = max_frames
         self.deadline = deadline
@@ -80,7 +89,6 @@ class Pipeline:
         self._results: Stage[FrameResult] = Stage("results", maxsize=queue_size, stop=self._stop)
         self._infer_thread = threading.Thread(target=self._infer_loop, name="segengine-infer", daemon=True)
         self._backend: Backend | None = self._given
-        self._layer_stages: dict[str, LayerStage | None] = {}  # per output: its per-stream state
         self._started = self._closed = False
         self._done_times: deque[float] = deque(maxlen=30)  # for the HUD's fps over the last frames
 
@@ -94,6 +102,8 @@ class Pipeline:
         if not self._started:
             self._started = True
             self.source.open()  # here, so a bad source fails in the caller's thread, before any work
+            fps = self.info.fps
+            self._policy = make_policy(self.interval, live=self.info.live, frame_interval=1 / fps if fps else None)
             self._capture.start()
             self._infer_thread.start()
             self.stats.started = time.monotonic()
@@ -139,11 +149,14 @@ class Pipeline:
 
     def _infer_loop(self) -> None:
         """Frames in order through the backend. A backend that can keep frames in flight
-        (``submit``/``collect``: TensorRT's double-buffered runtime, OpenVINO's streams) gets up to
-        its ``depth`` frames submitted before the oldest is collected, so their work overlaps; when no next frame is
-        waiting (a live feed between frames), the frame in flight is collected at once, so
-        overlap never adds latency."""
-        pending: deque[tuple[Frame, float]] = deque()  # submitted, not yet collected
+        (``submit``/``collect``: TensorRT's double-buffered runtime, OpenVINO's streams) gets up
+        to its ``depth`` frames submitted before the oldest is collected, so their work overlaps;
+        when no next frame is waiting (a live feed between frames), the oldest is collected at once, so
+        overlap never adds latency. Frames the interval policy skips never reach the backend: they
+        go out uninferred, in order (behind a frame still in flight, if one is)."""
+        pending: deque[tuple[Frame, float, bool]] = deque()  # (frame, started, submitted); none collected yet
+        policy = self._policy
+        assert policy is not None
         try:
             if self.info.size is not None:  # ready before the first frame: its latency is not the build's
                 self._backend_for(self.info.size)
@@ -157,6 +170,14 @@ class Pipeline:
                     continue
                 except EndOfStream:
                     break
+                count += 1
+                resized = self._backend is None or self._frame_size() != frame.size  # nothing to carry over
+                if not policy.due(frame.pts, force=resized):
+                    if pending:
+                        pending.append((frame, 0.0, False))
+                    else:
+                        self._results.put(FrameResult(frame, inferred=False))
+                    continue
                 t0 = time.perf_counter()
                 if pending and self._backend is not None and self._frame_size() != frame.size:
                     self._collect(pending)  # the frame size changed: finish with the old graph first
@@ -166,27 +187,41 @@ class Pipeline:
                     log.info("graph ready for %dx%d in %.1f s", frame.size[1], frame.size[0], t1 - t0)
                 if isinstance(backend, Pipelined):
                     backend.submit(frame.image)
-                    pending.append((frame, t1))
-                    if len(pending) >= backend.depth:
+                    pending.append((frame, t1, True))
+                    if sum(submitted for *_, submitted in pending) >= backend.depth:
                         self._collect(pending)
                 else:
                     self._emit(frame, backend.infer(frame.image), t1)
-                count += 1
             while pending and not self._stop.is_set():
                 self._collect(pending)
             self._results.finish(EndOfStream("the pipeline's input ended"))
         except BaseException as exc:  # handed to the caller's thread, re-raised there
+            self._salvage(pending)
             self._results.finish(exc)
 
-    def _collect(self, pending: deque[tuple[Frame, float]]) -> None:
-        frame, submitted = pending.popleft()
+    def _salvage(self, pending: deque[tuple[Frame, float, bool]]) -> None:
+        """After a failure (a camera unplugged mid-file), the frames already in flight are still
+        the user's: they go out before the error, unless the backend itself is what failed."""
+        try:
+            while pending and not self._stop.is_set():
+                self._collect(pending)
+        except Exception:  # noqa: BLE001 - the first error is the one the caller gets
+            log.debug("frames in flight lost after the failure", exc_info=True)
+
+    def _collect(self, pending: deque[tuple[Frame, float, bool]]) -> None:
+        """The oldest frame in flight, then the skipped frames queued behind it."""
+        frame, started, _ = pending.popleft()
         assert isinstance(self._backend, Pipelined)
-        self._emit(frame, self._backend.collect(), submitted)
+        self._emit(frame, self._backend.collect(), started)
+        while pending and not pending[0][2]:
+            self._results.put(FrameResult(pending.popleft()[0], inferred=False))
 
     def _emit(self, frame: Frame, outputs: dict[str, np.ndarray], started: float) -> None:
-        assert self._backend is not None
+        assert self._backend is not None and self._policy is not None
         layers = decode_layers(outputs, self._backend.spec)
-        self._results.put(FrameResult(frame, layers, timings={"infer": time.perf_counter() - started}))
+        elapsed = time.perf_counter() - started
+        self._policy.observe(elapsed)
+        self._results.put(FrameResult(frame, layers, timings={"infer": elapsed}))
 
     def _frame_size(self) -> tuple[int, int]:
         assert self._backend is not None
@@ -222,11 +257,8 @@ class Pipeline:
     def _finish(self, result: FrameResult) -> FrameResult:
         timings = dict(result.timings)
         t = time.perf_counter()
-        layers = dict(result.layers)
-        for name, layer in layers.items():
-            stage = self._stage_for(name, layer)
-            if stage is not None:
-                layers[name] = stage.update(layer, result.frame.pts)
+        pts = result.frame.pts
+        layers = self._stages.update(result.layers, pts) if result.inferred else self._stages.carry(pts)
         result = replace(result, layers=layers)
         timings["post"] = time.perf_counter() - t
         result = replace(result, source=self._capture.status)
@@ -243,17 +275,8 @@ class Pipeline:
         timings["sinks"] = time.perf_counter() - t
         timings["latency"] = time.monotonic() - result.frame.captured_at
         result = replace(result, timings=timings)
-        self.stats.add(timings, time.monotonic())
+        self.stats.add(timings, time.monotonic(), result.inferred)
         return result
-
-    def _stage_for(self, name: str, layer: object) -> LayerStage | None:
-        """The output's per-stream stage, made on its first frame: the caller's tracker for the first
-        instances output, else its kind's own."""
-        if name not in self._layer_stages:
-            given = self.tracker is not None and isinstance(layer, Instances) and not any(
-                s is self.tracker for s in self._layer_stages.values())
-            self._layer_stages[name] = self.tracker if given else type(layer).stage()  # type: ignore[attr-defined]
-        return self._layer_stages[name]
 
     def _recent_fps(self) -> float:
         times = self._done_times

@@ -16,6 +16,7 @@ from segengine.capture.factory import open_source
 from segengine.capture.redact import Redactor
 from segengine.errors import ConfigError
 from segengine.graph.prepare import GraphTarget
+from segengine.interval import check_interval
 from segengine.logs import configure as configure_logging
 from segengine.pipeline import Pipeline
 from segengine.sinks.factory import open_sinks
@@ -61,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
     from segengine.models.zoo import WeightDirs
 
     configure_logging(Redactor.for_url(args.source), verbose=args.verbose)
+    interval = check_interval(args.interval)  # a bad value is said before anything opens
     if args.model is not None and args.preset is not None:
         raise ConfigError(f"--preset {args.preset} and --model {args.model}: choose one")
     GraphTarget(args.preset or "road", args.model, args.classes)  # --classes without --model is refused
@@ -79,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     dirs = WeightDirs.from_env(args.model_dir)
     pipeline = Pipeline(source, preset=args.preset, model=args.model, classes=args.classes, backend=args.backend,
                         sinks=sinks, render=bool(args.output or args.show or args.images_out),
-                        max_frames=args.max_frames, dirs=dirs,
+                        max_frames=args.max_frames, dirs=dirs, interval=interval,
                         options=BackendOptions(precision=args.precision, dirs=dirs))
     if not args.quiet:
         print(f"segengine: {info.name} → backend {pipeline.choice.name} ({pipeline.choice.reason})", file=sys.stderr)

@@ -35,14 +35,16 @@ class Histogram:
 @dataclass
 class RunStats:
     frames: int = 0
+    inferred: int = 0  # frames the networks ran on (the others were carried: --interval)
     started: float = 0.0  # the pipeline started (graph loading included)
     first: float = 0.0  # the first result was done
     finished: float = 0.0
     source: SourceStatus = field(default_factory=SourceStatus)  # the source's health at the end
     stages: dict[str, Histogram] = field(default_factory=dict)
 
-    def add(self, timings: dict[str, float], done: float) -> None:
+    def add(self, timings: dict[str, float], done: float, inferred: bool = True) -> None:
         self.frames += 1
+        self.inferred += inferred
         self.first = self.first or done
         self.finished = done
         for stage, seconds in timings.items():
@@ -60,7 +62,8 @@ class RunStats:
 
     def table(self) -> str:
         lines = [f"frames {self.frames}  dropped {self.dropped}  start-up {self.first - self.started:.1f} s  "
-                 f"then {self.finished - self.first:.1f} s  throughput {self.fps:.2f} fps",
+                 f"then {self.finished - self.first:.1f} s  throughput {self.fps:.2f} fps"
+                 + (f"  networks on {self.inferred} of them" if self.inferred < self.frames else ""),
                  f"source {self.source.line()}",
                  f"{'stage':<10} {'p50 ms':>8} {'p99 ms':>8}"]
         for stage, hist in self.stages.items():

@@ -91,6 +91,9 @@ class FrameResult:
     timings: Mapping[str, float] = field(default_factory=dict)  # seconds per stage
     rendered: np.ndarray | None = None  # the overlay, once the renderer ran
     source: SourceStatus | None = None  # the source's health when this frame was finished
+    # False: the networks skipped this frame (``--interval N``) and its layers were carried from the
+    # last inferred frame (tracks moved by their predicted motion, maps and lanes as they were).
+    inferred: bool = True
 
     def all(self, kind: type[L]) -> list[L]:
         """Every layer of type ``kind``, in the graph's output order."""

@@ -224,8 +224,9 @@ def test_jsonl_schema_round_trip_and_flush(tmp_path: Path) -> None:
     sink.close()
     sink.close()
     assert all(r["schema"] == 2 for r in records)
-    assert all(set(r) == {"schema", "frame", "pts", "stream", "size", "layers", "timings_ms", "source"}
+    assert all(set(r) == {"schema", "frame", "pts", "stream", "size", "inferred", "layers", "timings_ms", "source"}
                for r in records)  # the old top-level "instances" and "lanes" are gone
+    assert all(r["inferred"] is True for r in records)  # carried frames (--interval): tests/test_interval.py
     first, second, third = records
     assert first["frame"] == 0 and second["pts"] == pytest.approx(1 / 3) and first["stream"] == "0"
     assert first["size"] == [90, 160]

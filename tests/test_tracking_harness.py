@@ -101,3 +101,17 @@ def test_bytetrack_adapter_runs() -> None:
     scores = metrics.mot_metrics(metrics.accumulate(_gt_boxes(seq),
                                                     [metrics.Boxes(o.track_ids, o.boxes) for o in run.frames]))
     assert scores["idf1"] > 0.8 and scores["num_switches"] == 0
+
+
+def test_interval_benchmark_runs_every_frame_and_carries_between(seq) -> None:
+    from benchmarks.tracking.interval import track_every_nth
+
+    every = track_every_nth(seq, 1, "carry")
+    ours = run_tracker("ours", [f.detections for f in seq.frames], [f.t for f in seq.frames], seq.fps, 1 / CELL)
+    assert all(np.array_equal(a.track_ids, b.track_ids) and np.array_equal(a.boxes, b.boxes)
+               for a, b in zip(every, ours.frames, strict=True))  # N = 1 is the plain tracker
+    carried, held = track_every_nth(seq, 3, "carry"), track_every_nth(seq, 3, "hold")
+    assert len(carried) == len(held) == len(seq.frames)
+    assert all(held[k] is held[k - k % 3] for k in range(len(held)))
+    # Carried frames move (tracks are born at rest, so only once their velocity is known).
+    assert any(not np.array_equal(carried[k + 2].boxes, carried[k].boxes) for k in range(0, len(carried) - 2, 3))

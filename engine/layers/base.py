@@ -38,6 +38,16 @@ class LayerStage(Protocol):
     def reset(self) -> None: ...
 
 
+@runtime_checkable
+class Carrier(Protocol):
+    """A stage that can answer for a frame the networks skipped (``--interval N``)."""
+
+    def carry(self, t: float) -> Any:
+        """The layer at time ``t`` from the state so far (e.g. tracks moved by their motion), or None
+        when there is nothing to carry yet; changes no state."""
+        ...
+
+
 class Layer(Protocol):
     kind: ClassVar[str]
     z: ClassVar[int]  # drawing order in the default renderer: low first (underneath)

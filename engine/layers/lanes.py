@@ -48,16 +48,23 @@ class LaneLines(ClassMap):
 
 
 class LaneFollower:
-    """Fits each frame's lanes and smooths them over time; one per stream."""
+    """Fits each frame's lanes and smooths them over time; one per stream. On a frame the networks
+    skipped it holds the last lanes: lane lines move slowly, and there is no map to fit."""
 
     def __init__(self) -> None:
         self._smoother = LaneSmoother()
+        self._last: LaneLines | None = None
 
     def update(self, layer: LaneLines, t: float) -> LaneLines:
-        return replace(layer, polylines=self._smoother.update(fit_lanes(layer.classes, layer.placement)))
+        self._last = replace(layer, polylines=self._smoother.update(fit_lanes(layer.classes, layer.placement)))
+        return self._last
+
+    def carry(self, t: float) -> LaneLines | None:
+        return self._last
 
     def reset(self) -> None:
         self._smoother.reset()
+        self._last = None
 
 
 @dataclass(frozen=True)

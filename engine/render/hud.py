@@ -1,4 +1,5 @@
-"""A small heads-up display in the top-left corner: fps, latency, frame index, instance count."""
+"""A small heads-up display in the top-left corner: fps, latency, frame index (marked when the networks
+skipped it, ``--interval N``), instance count."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ _VALUE = (255, 255, 255)
 
 
 def hud_lines(fps: float | None, latency_ms: float | None, index: int | None, instances: int | None = None,
-              extra: Mapping[str, str] | None = None) -> list[tuple[str, str]]:
+              extra: Mapping[str, str] | None = None, *, carried: bool = False) -> list[tuple[str, str]]:
     """(key, value) rows; unknown values are left out rather than shown as zero."""
     rows: list[tuple[str, str]] = []
     if fps is not None:
@@ -22,7 +23,7 @@ def hud_lines(fps: float | None, latency_ms: float | None, index: int | None, in
     if latency_ms is not None:
         rows.append(("latency", f"{latency_ms:.0f} ms"))
     if index is not None:
-        rows.append(("frame", str(index)))
+        rows.append(("frame", f"{index} carried" if carried else str(index)))
     if instances is not None:
         rows.append(("objects", str(instances)))
     rows.extend((str(k), str(v)) for k, v in (extra or {}).items())
@@ -31,9 +32,9 @@ def hud_lines(fps: float | None, latency_ms: float | None, index: int | None, in
 
 def draw_hud(image: np.ndarray, fps: float | None, latency_ms: float | None, index: int | None,
              extra: Mapping[str, str] | None = None, *, instances: int | None = None,
-             opacity: float = 0.6) -> np.ndarray:
+             opacity: float = 0.6, carried: bool = False) -> np.ndarray:
     """Draw the HUD onto ``image`` (H×W×3 uint8, changed in place) and return it."""
-    rows = hud_lines(fps, latency_ms, index, instances, extra)
+    rows = hud_lines(fps, latency_ms, index, instances, extra, carried=carried)
     if not rows:
         return image
     h, w = image.shape[:2]
@@ -75,4 +76,5 @@ class Hud:
         fps, latency = result.timings.get("fps"), result.timings.get("latency")
         instances = result.instances
         draw_hud(canvas, fps, None if latency is None else latency * 1000.0, result.frame.index,
-                 instances=None if instances is None else len(instances), opacity=self.opacity)
+                 instances=None if instances is None else len(instances), opacity=self.opacity,
+                 carried=not result.inferred)

@@ -7,6 +7,9 @@ Schema 2 (every key is always present; ``source`` is ``null`` when unknown)::
      "pts": 0.48,                      # seconds, from the container
      "stream": "0",
      "size": [540, 960],               # frame [height, width]: what boxes, masks and lanes refer to
+     "inferred": true,                 # false: the networks skipped this frame (--interval N) and its
+                                       # layers were carried from the last inferred one (tracks moved
+                                       # by their predicted motion, maps and lanes held); no "infer" timing
      "layers": {                       # one entry per graph output, by name; each says its kind
         "instances": {"kind": "instances", "items": [
             {"track_id": 3,            # null while untracked
@@ -62,6 +65,7 @@ def to_record(result: FrameResult) -> dict[str, Any]:
             "pts": round(frame.pts, 6),
             "stream": frame.stream,
             "size": list(frame.size),
+            "inferred": result.inferred,
             "layers": {name: layer.to_json() for name, layer in result.layers.items()},
             "timings_ms": {stage: round(s * 1000.0, 3) for stage, s in result.timings.items()},
             "source": dataclasses.asdict(result.source) if result.source is not None else None}

@@ -25,6 +25,12 @@ arrays plus its last mask, and dropped tracks leave nothing behind.
 Masks are smoothed by an exponential moving average of their probabilities, the previous
 average first moved by the motion the filter predicts (so a moving object does not smear,
 and box jitter does not shake a still one); see :meth:`MaskTracker._smooth`.
+
+On frames without detections *by choice* (``--interval N``: the networks skipped that frame),
+:meth:`MaskTracker.predict` reports the last frame's tracks moved by the motion the filter
+predicts, masks moved with them, and changes nothing: the next ``step`` predicts over the
+whole time since the last detections, as if the frames between had not been there (a frame
+we did not look at is no evidence that a track was missed, so nothing ages).
 """
 
 from __future__ import annotations
@@ -100,6 +106,8 @@ class MaskTracker:
         self._seen = np.zeros(0)  # clock time of each track's last detection
         self._mask_boxes = np.zeros((0, 4))  # grid box each stored mask belongs to
         self._masks: list[np.ndarray | None] = []  # last (smoothed) uint8 mask per track
+        self._shown: TrackedObjects = _NOTHING  # what the last step reported, for predict()
+        self._out: Instances | None = None  # what the last update returned, for carry()
 
     @property
     def num_tracks(self) -> int:
@@ -120,7 +128,17 @@ class MaskTracker:
         found = self.step(dets, t)
         kept = instances.select(found.detection)
         masks = found.masks if found.masks is not None else kept.masks
-        return replace(kept, track_ids=found.track_ids, masks=masks)
+        self._out = replace(kept, track_ids=found.track_ids, masks=masks)
+        return self._out
+
+    def carry(self, t: float) -> Instances | None:
+        """The last update's instances at time ``t``, moved by their predicted motion (see
+        :meth:`predict`); None before the first update."""
+        if self._out is None:
+            return None
+        moved = self.predict(t)
+        masks = moved.masks if moved.masks is not None else self._out.masks
+        return replace(self._out, boxes=moved.boxes.astype(np.float32), masks=masks)
 
     # -- the core ----------------------------------------------------------------------------
 
@@ -137,7 +155,8 @@ class MaskTracker:
         if n == 0:
             if m:
                 self._age(np.zeros(m, bool))
-            return _empty(dets)
+            self._shown = _empty(dets)
+            return self._shown
         scores, boxes = dets.scores, np.asarray(dets.boxes, np.float64)  # one dtype for all the box maths
         if dets.masks is not None:
             if dets.masks.dtype not in (np.bool_, np.uint8):
@@ -173,8 +192,32 @@ class MaskTracker:
             masks = np.empty((len(det_idx), *dets.masks.shape[1:]), np.uint8)
             for k, r in enumerate(trk_idx):
                 masks[k] = self._masks[r]
-        return TrackedObjects(track_ids=self._ids[trk_idx], detection=det_idx, boxes=dets.boxes[det_idx],
-                              scores=scores[det_idx], class_ids=self._classes[trk_idx], masks=masks)
+        self._shown = TrackedObjects(track_ids=self._ids[trk_idx], detection=det_idx, boxes=dets.boxes[det_idx],
+                                     scores=scores[det_idx], class_ids=self._classes[trk_idx], masks=masks)
+        return self._shown
+
+    def predict(self, t: float) -> TrackedObjects:
+        """The tracks the last ``step`` reported, at time ``t`` (seconds) without detections:
+        each box and mask moved by the filter's velocity over ``t`` − the last step's time (scale
+        included), the same motion ``_smooth`` moves a mask by. Read-only: the tracker's state
+        is left as it was, so skipping frames this way never changes the tracking itself."""
+        shown = self._shown
+        if self._t is None or not len(shown):
+            return shown
+        dt = max(t - self._t, 0.0)
+        rows = np.searchsorted(self._ids, shown.track_ids)  # ids are born in increasing order
+        motion = self._kf.velocity[rows] * dt
+        boxes = cxcywh_to_xyxy(xyxy_to_cxcywh(shown.boxes) + motion)
+        masks = None
+        if shown.masks is not None:
+            g = self.grid
+            src = self._mask_boxes[rows]
+            dst = cxcywh_to_xyxy(xyxy_to_cxcywh(src) + motion * (g.sx, g.sy, g.sx, g.sy))
+            masks = np.empty_like(shown.masks)
+            for k, r in enumerate(rows):
+                mask = self._masks[r]
+                masks[k] = shown.masks[k] if mask is None else move_mask(mask, src[k], dst[k])
+        return replace(shown, boxes=boxes.astype(shown.boxes.dtype), masks=masks)
 
     # -- steps ---------------------------------------------------------------------------------
 
