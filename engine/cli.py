@@ -73,6 +73,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("source", help="a video file, an image folder or glob, or synthetic://")
     p.add_argument("-o", "--output", type=Path, help="write the overlaid video here (.mp4)")
     p.add_argument("--json", type=Path, help="write one JSON line per frame here ('-' for stdout)")
+    p.add_argument("--json-masks", choices=("all", "instances", "none"),
+                   help="which masks --json writes as RLE: all (also the maps), instances (default), none")
     p.add_argument("--images-out", type=Path, help="write overlaid frames as images into this folder")
     p.add_argument("--preset", help="road (default), street, or a single model name")
     p.add_argument("--model", type=Path, help="your own YOLO-seg or semantic ONNX model instead of a preset")

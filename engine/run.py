@@ -74,10 +74,13 @@ def run(args: argparse.Namespace) -> int:
         from segengine.graph.compose import model_names
 
         model_names(args.preset or "road")
+    if args.json_masks is not None and args.json is None:
+        raise ConfigError("--json-masks says what --json writes: add --json FILE, or leave it out")
     source = open_source(args.source, loop=args.loop, options=source_options(args))
     source.open()
     info = source.info
-    sinks = open_sinks(output=args.output, json=args.json, show=args.show, image_dir=args.images_out, info=info)
+    sinks = open_sinks(output=args.output, json=args.json, show=args.show, image_dir=args.images_out, info=info,
+                       json_masks=args.json_masks or "instances")
     dirs = WeightDirs.from_env(args.model_dir)
     pipeline = Pipeline(source, preset=args.preset, model=args.model, classes=args.classes, backend=args.backend,
                         sinks=sinks, render=bool(args.output or args.show or args.images_out),

@@ -91,3 +91,12 @@ def test_run_source_flags_reach_the_source_options() -> None:
         with pytest.raises(SystemExit) as exit_:
             _parser().parse_args(["run", "x", *bad])
         assert exit_.value.code == 2
+
+
+def test_json_masks_without_json_is_refused_before_anything_opens(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # main() in-process: the check comes before the source (missing here) or any output is opened.
+    out = tmp_path / "o.mp4"
+    assert main(["run", str(tmp_path / "missing.mp4"), "-o", str(out), "--json-masks", "all"]) == 2
+    assert "--json-masks says what --json writes" in capsys.readouterr().err
+    assert not out.exists()

@@ -267,6 +267,29 @@ def test_jsonl_schema_round_trip_and_flush(tmp_path: Path) -> None:
                                "gaps": 0, "partial": None}
 
 
+@pytest.mark.parametrize("masks", ["instances", "none"])
+def test_jsonl_writes_masks_only_where_asked(masks: str, tmp_path: Path) -> None:
+    result = _result(0, 0.0)
+    full = to_record(result)
+    sink = JsonlSink(tmp_path / "m.jsonl", masks=masks)
+    sink.write(result)
+    sink.close()
+    (record,) = read_jsonl(tmp_path / "m.jsonl")
+    layers = record["layers"]
+    for name in ("drivable", "lanes"):  # the maps: classes and placement, no RLE
+        assert layers[name]["masks"] is None
+        assert {k: v for k, v in layers[name].items() if k != "masks"} == {
+            k: v for k, v in full["layers"][name].items() if k != "masks"}
+        with pytest.raises(ConfigError, match="--json-masks all"):
+            map_from_json(layers[name])
+    items, want = layers["instances"]["items"], full["layers"]["instances"]["items"]
+    assert [i["mask"] for i in items] == ([w["mask"] for w in want] if masks == "instances" else [None, None])
+    assert [{k: v for k, v in i.items() if k != "mask"} for i in items] == [
+        {k: v for k, v in w.items() if k != "mask"} for w in want]
+    with pytest.raises(SinkError, match="choose one of all, instances, none"):
+        JsonlSink(tmp_path / "x.jsonl", masks="some")
+
+
 @pytest.mark.parametrize("names", [
     ("background", "road", "sidewalk"),
     ("road", "sidewalk", "background"),  # ESPNetv2's order: "background" is not class 0

@@ -67,8 +67,9 @@ class Layer(Protocol):
         """A fresh per-stream stage for this kind, or None when it keeps no state."""
         ...
 
-    def to_json(self) -> dict[str, Any]:
-        """JSON-ready, with ``"kind"``; the JSONL schema documents each kind's keys."""
+    def to_json(self, *, masks: bool = True) -> dict[str, Any]:
+        """JSON-ready, with ``"kind"``; the JSONL schema documents each kind's keys. ``masks=False``:
+        the RLE keys are null (encoding them is most of the cost)."""
         ...
 
     def class_masks(self, names: Collection[str]) -> dict[str, np.ndarray]:

@@ -95,10 +95,11 @@ class Instances:
 
         return MaskTracker()
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, *, masks: bool = True) -> dict[str, Any]:
         """``{"kind": "instances", "items": [{track_id, class, class_id, score, box, mask}]}``; masks as
-        COCO RLE at frame resolution, boxes in frame pixels."""
-        rles = encode_windows(self.box_masks, self.placement.frame_size)
+        COCO RLE at frame resolution (null with ``masks=False``), boxes in frame pixels."""
+        rles = (encode_windows(self.box_masks, self.placement.frame_size) if masks
+                else [None] * len(self.track_ids))
         names = self.names
         return {"kind": self.kind,
                 "items": [{"track_id": int(t) if t >= 0 else None, "class": names[i],

@@ -40,11 +40,11 @@ class LaneLines(ClassMap):
     def stage(cls) -> LaneFollower:
         return LaneFollower()
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, *, masks: bool = True) -> dict[str, Any]:
         """The map's keys, and ``"polylines": [[[x, y], ...], ...]`` in frame pixels (null: not fitted)."""
         lines = None if self.polylines is None else [
             [[round(float(x), 2), round(float(y), 2)] for x, y in line] for line in self.polylines]
-        return {**super().to_json(), "polylines": lines}
+        return {**super().to_json(masks=masks), "polylines": lines}
 
 
 class LaneFollower:

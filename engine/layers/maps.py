@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from segengine.checks import check
+from segengine.errors import ConfigError
 from segengine.geometry import Placement
 from segengine.graph.readout import map_to_frame
 from segengine.graph.spec import OutputSpec
@@ -50,9 +51,12 @@ class ClassMap:
     def stage(cls) -> None:
         return None
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, *, masks: bool = True) -> dict[str, Any]:
         """``{"kind", "classes", "placement", "masks": {class name: RLE at model resolution}}``: every
-        class present but "background"."""
+        class present but "background"; ``"masks": null`` with ``masks=False``."""
+        if not masks:
+            return {"kind": self.kind, "classes": list(self.class_names), "placement": self.placement.to_dict(),
+                    "masks": None}
         counts = np.bincount(self.classes.ravel(), minlength=len(self.class_names))
         present = [i for i in np.flatnonzero(counts) if i < len(self.class_names)
                    and self.class_names[i] != "background"]
@@ -68,6 +72,9 @@ class ClassMap:
 def map_from_json(obj: Mapping[str, Any]) -> np.ndarray:
     """A map layer's JSON → H×W uint8 class ids at frame resolution ("background" where no class was
     written; class 0 when the map has no "background")."""
+    if obj.get("masks") is None:
+        raise ConfigError(f"this {obj.get('kind', 'map')} layer was written without its masks: "
+                          "run `segengine run` again with --json-masks all")
     classes = list(obj["classes"])
     placement = Placement.from_dict(obj["placement"])
     rest = classes.index("background") if "background" in classes else 0

@@ -7,7 +7,7 @@ from pathlib import Path
 from segengine.errors import ConfigError
 from segengine.sinks.base import Sink
 from segengine.sinks.images import ImageFolderSink
-from segengine.sinks.jsonl import JsonlSink
+from segengine.sinks.jsonl import JsonlSink, MaskChoice
 from segengine.sinks.video import CONTAINERS, VideoSink
 from segengine.sinks.window import WindowSink
 from segengine.types import SourceInfo
@@ -31,9 +31,10 @@ def _check_video_path(output: Path) -> None:
 
 
 def open_sinks(output: Path | None, json: Path | None, show: bool, image_dir: Path | None,
-               info: SourceInfo) -> list[Sink]:
+               info: SourceInfo, json_masks: MaskChoice = "instances") -> list[Sink]:
     """Every requested sink, opened. If one cannot open, those already opened are closed
-    (leaving no stray files) and its error is raised."""
+    (leaving no stray files) and its error is raised. ``json_masks``: which masks the JSON lines
+    carry (the maps' RLE is most of their cost, so only where asked)."""
     if output is not None:
         _check_video_path(output)
     paths = [p.resolve() for p in (output, json) if p is not None and str(p) != "-"]
@@ -48,7 +49,7 @@ def open_sinks(output: Path | None, json: Path | None, show: bool, image_dir: Pa
     if image_dir is not None:
         makers.append(lambda: ImageFolderSink(image_dir))
     if json is not None:
-        makers.append(lambda: JsonlSink(json))
+        makers.append(lambda: JsonlSink(json, masks=json_masks))
     sinks: list[Sink] = []
     try:
         for make in makers:
