@@ -4,6 +4,11 @@ On CUDA the frame goes through a pinned staging buffer and a preallocated device
 backend's own stream, and the outputs come back through pinned buffers: after the first frame
 of a size nothing is allocated per frame but the arrays handed to the caller. (The CUDA path is
 written against torch's documented API and not run in this project's CI, which has no GPU.)
+
+On the CPU, subnormal floats are flushed to zero while the graph runs, as on the other CPU
+backends (x86 computes them in slow microcode, and TwinLiteNet's activations are full of them).
+The flag is per thread: it is set around each call and cleared after, so the caller's own
+arithmetic keeps IEEE behaviour; torch's worker threads, started inside the first call, keep it.
 """
 
 from __future__ import annotations
@@ -51,8 +56,12 @@ class TorchBackend(BackendInfo):
             raise BackendError("backend is closed")
         batch = frame if frame.ndim == 4 else frame[None]
         if self._stream is None:
-            with torch.inference_mode():
-                outputs = self._graph(torch.from_numpy(np.ascontiguousarray(batch)))
+            torch.set_flush_denormal(True)
+            try:
+                with torch.inference_mode():
+                    outputs = self._graph(torch.from_numpy(np.ascontiguousarray(batch)))
+            finally:
+                torch.set_flush_denormal(False)  # every thread's default: the caller's maths is untouched
             return {name: t.numpy() for name, t in zip(self.output_names, outputs)}
         return self._infer_cuda(batch)
 
