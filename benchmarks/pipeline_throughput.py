@@ -4,7 +4,9 @@
 
 Bare: every frame decoded into memory first, then the graph alone: ONNX Runtime (fp32, with
 denormals kept as before and flushed as now, its threads spinning and sleeping; the pipeline
-uses sleeping), and OpenVINO in fp32 and, where the CPU computes it natively, bf16. End to end:
+uses sleeping), and OpenVINO in fp32 and, where the CPU computes it natively, bf16, each in its
+latency mode (1 stream, what a live feed gets) and its throughput mode (a stream per core's
+worth, frames kept in flight as the pipeline keeps them; what a file gets). End to end:
 the CLI's pipeline (decode, inference, tracking, lanes, rendering, H.264 MP4 and JSONL sinks) on
 the same frames, per backend. All use the cached
 graph, so building it is not timed. Ratios are against ONNX Runtime's bare fp32 graph with
@@ -29,7 +31,7 @@ from pathlib import Path
 import av
 import onnxruntime as ort
 
-from segengine.backends.base import BackendOptions
+from segengine.backends.base import BackendOptions, Pipelined
 from segengine.backends.onnxruntime import OnnxRuntimeBackend
 from segengine.backends.probe import cpu_isa, has_bf16
 from segengine.graph.cache import cached_graph
@@ -41,11 +43,24 @@ DEFAULT_VIDEO = REPO.parent / "shared" / "data" / "videos" / "udacity_lanelines_
 
 
 def bare(make: Callable[[], object], frames: list) -> float:
+    """Frames a second of the graph alone; a backend with frames in flight (OpenVINO's streams) is
+    kept as full as the pipeline keeps it (``depth`` submitted before the oldest is collected)."""
     backend = make()
     backend.infer(frames[0])  # warm-up: allocations, thread pool
     start = time.perf_counter()
-    for frame in frames:
-        backend.infer(frame)
+    if isinstance(backend, Pipelined):
+        in_flight = 0
+        for frame in frames:
+            backend.submit(frame)
+            in_flight += 1
+            if in_flight >= backend.depth:
+                backend.collect()
+                in_flight -= 1
+        for _ in range(in_flight):
+            backend.collect()
+    else:
+        for frame in frames:
+            backend.infer(frame)
     backend.close()
     return len(frames) / (time.perf_counter() - start)
 
@@ -93,15 +108,18 @@ def main() -> None:
             from segengine.backends.openvino import OpenVinoBackend
 
             for precision in ("fp32", "bf16") if has_bf16(cpu_isa()) else ("fp32",):
-                options = BackendOptions(precision=precision, dirs=dirs)
-                bares[f"openvino {precision}"] = bare(lambda o=options: OpenVinoBackend(graph, spec, o), frames)
+                for streams, label in ((1, "1 stream"), (0, "streams")):  # latency mode (live feeds), files
+                    options = BackendOptions(precision=precision, dirs=dirs, streams=streams)
+                    bares[f"openvino {precision} {label}"] = bare(
+                        lambda o=options: OpenVinoBackend(graph, spec, o), frames)
         reference = plain  # what the engine ran before flushing denormals: the issue's baseline
         print(f"run {i + 1}, bare graph: " + " | ".join(f"{k} {v:.2f} fps ({v / reference:.2f}x)"
                                                       for k, v in bares.items()))
         for backend in ("onnxruntime", "openvino") if has_ov else ("onnxruntime",):
             e, wall = end_to_end(args.video, args.preset, backend, len(frames), args.frames)
+            # The same backend as the run: ORT flushing denormals; OpenVINO as auto runs a file.
             own = bares["onnxruntime fp32"] if backend == "onnxruntime" else max(
-                v for k, v in bares.items() if "openvino" in k)
+                v for k, v in bares.items() if "openvino" in k and k.endswith(" streams"))
             print(f"run {i + 1}, segengine run --backend {backend}: {e:.2f} fps ({e / reference:.2f}x the baseline, "
                   f"{(own / e - 1) * 100:.1f} % under its own bare graph) | whole command incl. start-up "
                   f"{wall:.2f} fps")
