@@ -101,7 +101,8 @@ class Memory(Protocol):
         ...
 
     def capture(self, stream: Stream, work: Callable[[], None]) -> Graph | None:
-        """``work`` captured as a CUDA graph on ``stream``; None where graphs are unavailable."""
+        """``work`` captured as a CUDA graph on ``stream`` (the caller ran it once directly before);
+        None where it cannot be, with the reason in the implementation's ``capture_error``."""
         ...
 
     def free(self, buffer: Buffer) -> None:
