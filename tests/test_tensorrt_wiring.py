@@ -31,7 +31,7 @@ class Severity(enum.IntEnum):
 
 
 def _stub(log: list, plan: bytes | None = b"PLAN", engine_ok: bool = True, context_ok: bool = True,
-          shape_ok: bool = True) -> types.ModuleType:
+          shape_ok: bool = True, during_build=lambda: None) -> types.ModuleType:
     trt = types.ModuleType("tensorrt")
     trt.__version__ = "10.3.0"
 
@@ -114,7 +114,9 @@ def _stub(log: list, plan: bytes | None = b"PLAN", engine_ok: bool = True, conte
             log.append(("flags", tuple(config.flags)))
             monitor = config.progress_monitor
             monitor.phase_start("Building engine", None, 2)
+            during_build()  # where a Ctrl-C lands: inside the build, between two steps
             if not monitor.step_complete("Building engine", 0):
+                log.append(("cancelled", "Building engine", 0))
                 return None
             monitor.phase_finish("Building engine")
             if config.int8_calibrator is not None:
@@ -341,3 +343,22 @@ def test_a_refused_input_shape_is_an_error_with_the_engines_range(wired, tmp_pat
     with pytest.raises(BackendError, match=r"input frame: TensorRT refuses shape \(1, 4, 6, 3\) \(the engine was "
                        r"built for \(1, 4, 6, 3\) to \(1, 4, 6, 3\)\); build one .*--frame-size"):
         trt_backend.io_spec(engine, engine.create_execution_context())
+
+
+def test_ctrl_c_mid_build_cancels_through_the_progress_monitor(wired, tmp_path: Path) -> None:
+    import signal
+
+    def ctrl_c_twice() -> None:
+        signal.raise_signal(signal.SIGINT)
+        signal.raise_signal(signal.SIGINT)  # the second one must not raise inside TensorRT's callback
+
+    trt_backend, _, log = wired(during_build=ctrl_c_twice)
+    graph = tmp_path / "g.onnx"
+    graph.write_bytes(b"onnx")
+    out = io.StringIO()
+    progress = BuildProgress(out, heartbeat=0)
+    with progress.cancel_on_sigint(), pytest.raises(KeyboardInterrupt):
+        trt_backend.build_serialized(graph, precision="fp32", workspace_gb=1, profile=PROFILE,
+                                     timing_cache=tmp_path / "t", progress=progress)
+    assert ("cancelled", "Building engine", 0) in log  # TensorRT was told to stop at its next step
+    assert not (tmp_path / "t").exists() and "cancelling the build" in out.getvalue()
