@@ -218,6 +218,10 @@ class EngineRunner:
     def collect(self) -> dict[str, np.ndarray]:
         return self._run().collect()
 
+    def graph_report(self) -> str:
+        """Whether the frames run as captured CUDA graphs, and if not, why (StreamedRuntime's record)."""
+        return self._run().graph_report()
+
     def close(self) -> None:
         if self._streamed is not None:
             self._streamed.close()
