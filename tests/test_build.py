@@ -273,7 +273,7 @@ def test_int8_calibrates_on_the_users_frames_once(tmp_path: Path, fake_trt) -> N
 
 def test_tensorrt_without_fp16_says_which_version_to_install(tmp_path: Path, fake_trt) -> None:
     fake_trt.fp16 = False
-    with pytest.raises(BackendError, match=r"TensorRT 11 builds strongly typed graphs only.*tensorrt>=10,<11"):
+    with pytest.raises(BackendError, match=r"TensorRT 11 builds strongly typed graphs only.*tensorrt-cu12>=10,<11"):
         build(BuildRequest(str(_graph(tmp_path / "g.onnx")), precision="fp16"),
               replace(JETSON, tensorrt_version="11.4.0"), _dirs(tmp_path), out=io.StringIO(), memory=HostMemory())
 
