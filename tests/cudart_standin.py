@@ -54,6 +54,7 @@ class FakeCudart:
         self._memory: dict[int, np.ndarray] = {}
         self._next = 1
         self.fail_instantiate = False
+        self.fail_begin = False
 
     def _handle(self) -> int:
         self._next += 1
@@ -145,6 +146,9 @@ class FakeCudart:
 
     def cudaStreamBeginCapture(self, stream, mode):
         self._log(f"cudaStreamBeginCapture({cudaStreamCaptureMode(mode).name})")
+        if self.fail_begin:  # e.g. the legacy default stream, which cannot be captured
+            self.last_error = cudaError_t.cudaErrorStreamCaptureUnsupported
+            return (cudaError_t.cudaErrorStreamCaptureUnsupported,)
         self.capturing[stream] = []
         return (OK,)
 

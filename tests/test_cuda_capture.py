@@ -75,6 +75,17 @@ def test_work_that_fails_without_invalidating_the_capture_has_its_graph_destroye
     memory.close()
 
 
+def test_a_capture_that_cannot_begin_runs_nothing_and_clears_the_error(monkeypatch) -> None:
+    cudart = FakeCudart()
+    cudart.fail_begin = True
+    memory = install(monkeypatch, cudart).CudaPythonMemory()
+    ran: list[int] = []
+    assert memory.capture(memory.stream(), lambda: ran.append(1)) is None
+    assert ran == [] and cudart.calls == ["cudaStreamSynchronize", BEGIN, "cudaGetLastError"]
+    assert memory.capture_error == "cudaStreamBeginCapture: cudaErrorStreamCaptureUnsupported"
+    memory.close()
+
+
 def test_torch_captures_thread_locally(monkeypatch) -> None:
     import torch
 

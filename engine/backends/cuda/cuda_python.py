@@ -126,7 +126,11 @@ class CudaPythonMemory:
         error, so the next direct ``execute_async_v3`` does not inherit it; ``capture_error`` says why."""
         self.capture_error = None
         stream.synchronize()
-        _check(cudart.cudaStreamBeginCapture(stream.obj, cudart.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal))
+        mode = cudart.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal  # trtexec's mode too
+        (error,) = cudart.cudaStreamBeginCapture(stream.obj, mode)
+        if int(error) != 0:  # nothing began: nothing to end
+            self._abandon(stream, f"cudaStreamBeginCapture: {_name(error)}", ended=True)
+            return None
         try:
             work()
         except Exception as exc:  # e.g. execute_async_v3 returned False: the engine cannot be captured
@@ -138,7 +142,7 @@ class CudaPythonMemory:
             return None
         error, exec_ = cudart.cudaGraphInstantiate(graph, 0)
         if int(error) != 0:
-            _check(cudart.cudaGraphDestroy(graph))
+            cudart.cudaGraphDestroy(graph)  # cleaning up: its status must not hide the reason
             self._abandon(stream, f"cudaGraphInstantiate: {_name(error)}", ended=True)
             return None
         captured = CudaGraph(graph, exec_)
