@@ -155,7 +155,7 @@ def build(request: BuildRequest, env: GpuEnvironment, dirs: zoo.WeightDirs, *, o
     if not trt_backend.supports(request.precision):
         raise BackendError(f"TensorRT {env.tensorrt_version} has no {request.precision.upper()} builder flag "
                            "(TensorRT 11 builds strongly typed graphs only): install TensorRT 10 "
-                           "(`pip install 'tensorrt>=10,<11'`), or build without --fp16/--int8")
+                           "(`pip install 'tensorrt-cu12>=10,<11'`: CUDA 12 wheels), or build without --fp16/--int8")
     memory = memory or open_memory("auto")
     try:
         print(f"segengine: graph for {request.target}…", file=out, flush=True)

@@ -173,16 +173,20 @@ def test_progress_shows_phases_and_cancels_on_request() -> None:
     assert "segengine: Building engine (3 steps)" in out.getvalue()
 
 
-def test_ctrl_c_during_a_build_asks_tensorrt_to_stop_then_interrupts() -> None:
+def test_ctrl_c_during_a_build_asks_tensorrt_to_stop_at_its_next_step() -> None:
     out = io.StringIO()
     progress = BuildProgress(out, heartbeat=0)
     before = signal.getsignal(signal.SIGINT)
     with progress.cancel_on_sigint():
         signal.raise_signal(signal.SIGINT)
         assert progress.cancelled and progress.step_complete("Building engine", 0) is False
-        with pytest.raises(KeyboardInterrupt):
-            signal.raise_signal(signal.SIGINT)
-    assert signal.getsignal(signal.SIGINT) is before and "cancelling the build" in out.getvalue()
+        # A second Ctrl-C raises nothing: inside TensorRT's callbacks pybind would swallow it anyway.
+        signal.raise_signal(signal.SIGINT)
+        assert progress.step_complete("Building engine", 1) is False
+    assert signal.getsignal(signal.SIGINT) is before
+    said = out.getvalue()
+    assert "cancelling the build at TensorRT's next step" in said
+    assert "cannot be interrupted inside one" in said and "Ctrl-\\ (SIGQUIT)" in said
 
 
 def test_heartbeat_speaks_while_the_builder_is_silent() -> None:
@@ -269,7 +273,7 @@ def test_int8_calibrates_on_the_users_frames_once(tmp_path: Path, fake_trt) -> N
 
 def test_tensorrt_without_fp16_says_which_version_to_install(tmp_path: Path, fake_trt) -> None:
     fake_trt.fp16 = False
-    with pytest.raises(BackendError, match=r"TensorRT 11 builds strongly typed graphs only.*tensorrt>=10,<11"):
+    with pytest.raises(BackendError, match=r"TensorRT 11 builds strongly typed graphs only.*tensorrt-cu12>=10,<11"):
         build(BuildRequest(str(_graph(tmp_path / "g.onnx")), precision="fp16"),
               replace(JETSON, tensorrt_version="11.4.0"), _dirs(tmp_path), out=io.StringIO(), memory=HostMemory())
 

@@ -30,7 +30,8 @@ class Severity(enum.IntEnum):
     VERBOSE = 4
 
 
-def _stub(log: list, plan: bytes | None = b"PLAN", engine_ok: bool = True) -> types.ModuleType:
+def _stub(log: list, plan: bytes | None = b"PLAN", engine_ok: bool = True, context_ok: bool = True,
+          shape_ok: bool = True, during_build=lambda: None) -> types.ModuleType:
     trt = types.ModuleType("tensorrt")
     trt.__version__ = "10.3.0"
 
@@ -113,7 +114,9 @@ def _stub(log: list, plan: bytes | None = b"PLAN", engine_ok: bool = True) -> ty
             log.append(("flags", tuple(config.flags)))
             monitor = config.progress_monitor
             monitor.phase_start("Building engine", None, 2)
+            during_build()  # where a Ctrl-C lands: inside the build, between two steps
             if not monitor.step_complete("Building engine", 0):
+                log.append(("cancelled", "Building engine", 0))
                 return None
             monitor.phase_finish("Building engine")
             if config.int8_calibrator is not None:
@@ -152,8 +155,9 @@ def _stub(log: list, plan: bytes | None = b"PLAN", engine_ok: bool = True) -> ty
             self.addresses: dict[str, int] = {}
             self.memory: HostMemory | None = None
 
-        def set_input_shape(self, name, shape) -> None:
+        def set_input_shape(self, name, shape) -> bool:
             log.append(("input shape", name, tuple(shape)))
+            return shape_ok
 
         def get_tensor_shape(self, name):
             return shapes[name][0]
@@ -183,7 +187,14 @@ def _stub(log: list, plan: bytes | None = b"PLAN", engine_ok: bool = True) -> ty
         def get_tensor_mode(self, name):
             return trt.TensorIOMode[shapes[name][2]]
 
-        def create_execution_context(self) -> Context:
+        def get_tensor_profile_shape(self, name, index):
+            return [shapes[name][0]] * 3
+
+        def create_execution_context(self) -> Context | None:
+            if not context_ok:  # what TensorRT does when the context's device memory cannot be allocated
+                self.logger.log(Severity.ERROR, "Requested amount of GPU memory (8589934592 bytes) could not be "
+                                "allocated")
+                return None
             return Context()
 
     class Runtime:
@@ -194,7 +205,9 @@ def _stub(log: list, plan: bytes | None = b"PLAN", engine_ok: bool = True) -> ty
             if not engine_ok:
                 self.logger.log(Severity.ERROR, "Serialization assertion magicTagRead == kMAGIC_TAG failed")
                 return None
-            return Engine()
+            engine = Engine()
+            engine.logger = self.logger
+            return engine
 
     trt.Runtime = Runtime
     return trt
@@ -291,6 +304,7 @@ def test_backend_runs_frames_through_the_streamed_runtime_and_frees_everything(w
     backend.submit(frames[1])
     backend.submit(frames[2])
     assert backend.collect()["total"][0, 0] == 48.0 and backend.collect()["total"][0, 0] == 72.0
+    assert backend.graph_report().endswith("not captured: the host implementation has no CUDA graphs")
     backend.close()
     backend.close()
     assert memory.ledger.live == 0
@@ -308,3 +322,44 @@ def test_an_engine_with_data_dependent_outputs_is_refused(wired, tmp_path: Path,
     monkeypatch.setattr(type(context), "get_tensor_shape", lambda self, name: (-1, 3))
     with pytest.raises(BackendError, match="output total has a data-dependent shape"):
         trt_backend.io_spec(engine, context)
+
+
+def test_no_execution_context_is_an_error_naming_gpu_memory(wired, tmp_path: Path) -> None:
+    trt_backend, stub, _ = wired(context_ok=False)
+    memory = HostMemory()
+    stub.memory = memory
+    path = tmp_path / "x.engine"
+    path.write_bytes(b"PLAN")
+    with pytest.raises(BackendError, match=r"x.engine: .*could not create an execution context \(Requested amount "
+                       r"of GPU memory .*too little free GPU memory"):
+        trt_backend.EngineRunner(path, memory)
+
+
+def test_a_refused_input_shape_is_an_error_with_the_engines_range(wired, tmp_path: Path) -> None:
+    trt_backend, stub, _ = wired(shape_ok=False)
+    stub.memory = HostMemory()
+    path = tmp_path / "x.engine"
+    path.write_bytes(b"PLAN")
+    _, engine = trt_backend.load_engine(path)
+    with pytest.raises(BackendError, match=r"input frame: TensorRT refuses shape \(1, 4, 6, 3\) \(the engine was "
+                       r"built for \(1, 4, 6, 3\) to \(1, 4, 6, 3\)\); build one .*--frame-size"):
+        trt_backend.io_spec(engine, engine.create_execution_context())
+
+
+def test_ctrl_c_mid_build_cancels_through_the_progress_monitor(wired, tmp_path: Path) -> None:
+    import signal
+
+    def ctrl_c_twice() -> None:
+        signal.raise_signal(signal.SIGINT)
+        signal.raise_signal(signal.SIGINT)  # the second one must not raise inside TensorRT's callback
+
+    trt_backend, _, log = wired(during_build=ctrl_c_twice)
+    graph = tmp_path / "g.onnx"
+    graph.write_bytes(b"onnx")
+    out = io.StringIO()
+    progress = BuildProgress(out, heartbeat=0)
+    with progress.cancel_on_sigint(), pytest.raises(KeyboardInterrupt):
+        trt_backend.build_serialized(graph, precision="fp32", workspace_gb=1, profile=PROFILE,
+                                     timing_cache=tmp_path / "t", progress=progress)
+    assert ("cancelled", "Building engine", 0) in log  # TensorRT was told to stop at its next step
+    assert not (tmp_path / "t").exists() and "cancelling the build" in out.getvalue()

@@ -4,7 +4,7 @@ TensorRT 10 reports phases and steps through ``IProgressMonitor``; the thin adap
 ``tensorrt.py`` forwards them here. Independently, a heartbeat line says the build is alive
 every ``heartbeat`` seconds, because single tactic timings can take a long time between steps
 (and older TensorRT has no monitor at all). ``cancel()`` (Ctrl-C) makes the next step answer
-"stop", which TensorRT honours by abandoning the build.
+"stop", which TensorRT honours by abandoning the build; nothing interrupts a step itself.
 """
 
 from __future__ import annotations
@@ -66,17 +66,22 @@ class BuildProgress:
 
     @contextmanager
     def cancel_on_sigint(self) -> Iterator[None]:
-        """While building, the first Ctrl-C asks TensorRT to stop at its next step (it is inside
-        C++ code, where an exception cannot reach it cleanly); a second one interrupts at once."""
+        """While building, Ctrl-C asks TensorRT to stop: ``step_complete`` answers False at its next step
+        (TensorRT's documented way to cancel). No Ctrl-C raises here: the handler runs inside TensorRT's
+        callbacks, where pybind swallows a KeyboardInterrupt, so it could never stop the build at once;
+        a second Ctrl-C says so and how to end the process instead."""
         if threading.current_thread() is not threading.main_thread():
             yield
             return
 
         def handle(signum: int, frame: object) -> None:
             if self.cancelled:
-                raise KeyboardInterrupt
+                self._say("still waiting for TensorRT to finish its current step (it cannot be interrupted "
+                          "inside one); to end the process at once press Ctrl-\\ (SIGQUIT): the engine "
+                          "cache is written only when a build finishes")
+                return
             self.cancel()
-            self._say("cancelling the build at TensorRT's next step (Ctrl-C again to interrupt at once)")
+            self._say("cancelling the build at TensorRT's next step")
 
         previous = signal.signal(signal.SIGINT, handle)
         try:

@@ -72,6 +72,12 @@ def _version(dist: str) -> str | None:
         return None
 
 
+def cuda_python_version() -> str | None:
+    """cuda-python's version from its package metadata (12.6+ ships the bindings as cuda-bindings).
+    Not ``find_spec("cuda")``: any ``cuda`` namespace package (other NVIDIA wheels, a folder) passes that."""
+    return _version("cuda-python") or _version("cuda-bindings")
+
+
 def _tensorrt_version() -> str | None:
     if importlib.util.find_spec("tensorrt") is None:
         return None
@@ -134,6 +140,5 @@ def detect() -> GpuEnvironment:
             device = torch.cuda.get_device_name(0)
             major, minor = torch.cuda.get_device_capability(0)
             capability = f"{major}.{minor}"
-    cuda_python = _version("cuda-python") or _version("cuda-bindings")
-    return GpuEnvironment(torch_version, torch_cuda, device, capability, _tensorrt_version(), cuda_python,
+    return GpuEnvironment(torch_version, torch_cuda, device, capability, _tensorrt_version(), cuda_python_version(),
                           _driver(), _jetson(), _version("openvino"), cpu_isa())

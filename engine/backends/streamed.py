@@ -80,10 +80,24 @@ class StreamedRuntime:
         self._submitted = 0
         self._cuda_graphs = cuda_graphs
         self.graphs_used = False  # whether CUDA graphs were captured (the engine allowed it)
+        self.graph_failures: list[str] = []  # why a lane's capture gave no graph, as the memory said
 
     @property
     def in_flight(self) -> int:
         return len(self._in_flight)
+
+    def graph_report(self) -> str:
+        """Whether each used lane runs a captured CUDA graph, and if not, why (for benchmarks and tests)."""
+        if not self._cuda_graphs:
+            return "CUDA graphs off (cuda_graphs=False)"
+        used = [lane for lane in self._lanes if lane.used]
+        if not used:
+            return "no frame run yet: nothing captured"
+        captured = sum(lane.graph is not None for lane in used)
+        text = f"CUDA graph captured on {captured} of {len(used)} lanes"
+        if self.graph_failures:
+            text += f"; not captured: {'; '.join(dict.fromkeys(self.graph_failures))}"
+        return text
 
     def submit(self, frame: np.ndarray) -> None:
         """Queue ``frame`` (the input's shape, or without its batch axis); returns before it is computed."""
@@ -160,6 +174,8 @@ class StreamedRuntime:
             # per lane, which is what a graph needs.
             lane.graph = self.memory.capture(self._compute_stream, lambda: self.executor.enqueue(self._compute_stream))
             self.graphs_used = self.graphs_used or lane.graph is not None
+            if lane.graph is None:
+                self.graph_failures.append(getattr(self.memory, "capture_error", None) or "no reason given")
 
     def _check_open(self) -> None:
         if self._closed:

@@ -124,9 +124,10 @@ def build_serialized(onnx_path: Path, *, precision: str, workspace_gb: float, pr
     return bytes(memoryview(plan))
 
 
-def load_engine(path: Path) -> tuple[trt.Runtime, trt.ICudaEngine]:
-    """Deserialise ``path`` (its sidecar was checked before); a refusal becomes a BackendError, not a crash."""
-    logger = _Logger()
+def load_engine(path: Path, logger: _Logger | None = None) -> tuple[trt.Runtime, trt.ICudaEngine]:
+    """Deserialise ``path`` (its sidecar was checked before); a refusal becomes a BackendError, not a crash.
+    ``logger`` must outlive the runtime (TensorRT keeps calling it), so the runner passes its own."""
+    logger = logger if logger is not None else _Logger()
     runtime = trt.Runtime(logger)
     engine = runtime.deserialize_cuda_engine(Path(path).read_bytes())
     if engine is None:
@@ -134,6 +135,15 @@ def load_engine(path: Path) -> tuple[trt.Runtime, trt.ICudaEngine]:
                            f"({'; '.join(logger.errors[-2:]) or 'no reason given'}); delete it and run "
                            "`segengine build` again")
     return runtime, engine
+
+
+def _profile(engine: trt.ICudaEngine, name: str) -> str:
+    """The shape range ``name`` was built for, for error messages."""
+    try:
+        low, _, high = engine.get_tensor_profile_shape(name, 0)
+        return f"{tuple(low)} to {tuple(high)}"
+    except Exception:  # an error message must not fail on a binding it does not have
+        return "another shape"
 
 
 def io_spec(engine: trt.ICudaEngine, context: trt.IExecutionContext, batch: int = 1) -> IOSpec:
@@ -145,7 +155,10 @@ def io_spec(engine: trt.ICudaEngine, context: trt.IExecutionContext, batch: int 
             shape = tuple(engine.get_tensor_shape(name))
             if shape[0] == -1:
                 shape = (batch, *shape[1:])
-            context.set_input_shape(name, shape)
+            if not context.set_input_shape(name, shape):  # outside the engine's profile: outputs would be junk
+                raise BackendError(f"engine input {name}: TensorRT refuses shape {shape} (the engine was built "
+                                   f"for {_profile(engine, name)}); build one for this shape "
+                                   "(segengine build --frame-size WxH --max-batch N)")
             inputs.append(TensorSpec(name, shape, dtype))
     for i in range(engine.num_io_tensors):
         name = engine.get_tensor_name(i)
@@ -178,8 +191,14 @@ class EngineRunner:
 
     def __init__(self, engine_path: Path, memory: Memory, *, depth: int = 2, cuda_graphs: bool = True) -> None:
         self.memory = memory
-        self._runtime, self._engine = load_engine(engine_path)
+        self._logger = _Logger()
+        self._runtime, self._engine = load_engine(engine_path, self._logger)
         self._context = self._engine.create_execution_context()
+        if self._context is None:  # TensorRT says so through its logger, not by raising
+            raise BackendError(f"{engine_path}: TensorRT {version()} could not create an execution context "
+                               f"({'; '.join(self._logger.errors[-2:]) or 'no reason given'}); this is usually "
+                               "too little free GPU memory: stop other GPU processes or use a smaller engine "
+                               "(--workspace, a smaller --frame-size or --max-batch)")
         self.io = io_spec(self._engine, self._context)
         self._streamed: StreamedRuntime | None = StreamedRuntime(memory, self.io, _ContextExecutor(self._context),
                                                                  depth=depth, cuda_graphs=cuda_graphs)
@@ -198,6 +217,10 @@ class EngineRunner:
 
     def collect(self) -> dict[str, np.ndarray]:
         return self._run().collect()
+
+    def graph_report(self) -> str:
+        """Whether the frames run as captured CUDA graphs, and if not, why (StreamedRuntime's record)."""
+        return self._run().graph_report()
 
     def close(self) -> None:
         if self._streamed is not None:

@@ -95,9 +95,10 @@ def test_streamed_runtime_on_cuda_keeps_each_frames_outputs() -> None:
 def _reference(dirs, highway_frame: np.ndarray) -> tuple[Path, dict[str, np.ndarray]]:
     from segengine.backends.onnxruntime import OnnxRuntimeBackend
     from segengine.graph.cache import cached_graph
+    from segengine.graph.spec import GraphSpec
 
     graph = cached_graph("road", highway_frame.shape[:2], dirs=dirs)
-    backend = OnnxRuntimeBackend(graph)
+    backend = OnnxRuntimeBackend(graph, GraphSpec.read_file(graph))
     outputs = backend.infer(highway_frame)
     backend.close()
     return graph, outputs
@@ -114,11 +115,13 @@ def _agree(got: dict[str, np.ndarray], want: dict[str, np.ndarray], share: float
 
 @pytest.mark.skipif(ENV.cuda_device is None, reason="needs torch with CUDA")
 def test_torch_cuda_backend_matches_onnxruntime(dirs, highway_frame: np.ndarray) -> None:
+    from segengine.backends.base import BackendOptions
     from segengine.backends.torch import TorchBackend
     from segengine.graph.compose import build_graph
 
     _, want = _reference(dirs, highway_frame)
-    backend = TorchBackend(build_graph("road", highway_frame.shape[:2], dirs), device="cuda")
+    graph = build_graph("road", highway_frame.shape[:2], dirs)
+    backend = TorchBackend(graph, graph.spec(), BackendOptions(device="cuda"))
     first = backend.infer(highway_frame)
     again = backend.infer(highway_frame)  # the pinned buffers are reused: the first result must stay
     _agree(first, want, 0.995)
@@ -141,9 +144,15 @@ def test_tensorrt_engine_matches_onnxruntime(precision: str, share: float, dirs,
     path, _ = build(BuildRequest(str(graph), precision=precision), ENV, dirs, out=out)
     assert "finished in" in out.getvalue() and path.with_suffix(".json").is_file()
     backend = EngineRunner(path, open_memory("auto"))
-    results = [backend.infer(highway_frame) for _ in range(3)]  # the third frame runs a captured CUDA graph
+    # Frame 1 runs directly; frames 2 and 3 replay a captured CUDA graph only where the capture
+    # worked, which nothing here asserts: the report says which, and why not (gpu_check prints it).
+    results = [backend.infer(highway_frame) for _ in range(3)]
+    report = backend.graph_report()
+    assert report.startswith("CUDA graph captured on ") and ("0 of" not in report or "not captured: " in report)
     for got in results:
         _agree(got, want, share)
+        for name, value in results[0].items():
+            np.testing.assert_array_equal(got[name], value, err_msg=f"{name} ({report})")
     backend.close()
 
 

@@ -101,7 +101,8 @@ class Memory(Protocol):
         ...
 
     def capture(self, stream: Stream, work: Callable[[], None]) -> Graph | None:
-        """``work`` captured as a CUDA graph on ``stream``; None where graphs are unavailable."""
+        """``work`` captured as a CUDA graph on ``stream`` (the caller ran it once directly before);
+        None where it cannot be, with the reason in the implementation's ``capture_error``."""
         ...
 
     def free(self, buffer: Buffer) -> None:
@@ -148,8 +149,11 @@ def available() -> dict[str, str]:
 
         if torch.cuda.is_available():
             out["torch"] = f"torch {torch.__version__} with CUDA {torch.version.cuda}"
-    if importlib.util.find_spec("cuda") is not None:
-        out["cuda-python"] = "cuda-python is installed"
+    from segengine.backends import probe
+
+    version = probe.cuda_python_version()  # package metadata: a bare `cuda` namespace is not cuda-python
+    if version is not None:
+        out["cuda-python"] = f"cuda-python {version} is installed"
     return out
 
 

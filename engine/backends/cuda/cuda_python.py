@@ -20,12 +20,16 @@ except ImportError:  # pragma: no cover - depends on the installed release
     from cuda import cudart  # type: ignore[no-redef]
 
 
+def _name(error: object) -> str:
+    _, name = cudart.cudaGetErrorName(error)
+    return name.decode() if isinstance(name, bytes) else str(name)
+
+
 def _check(result: tuple) -> object:
     """cudart calls return (error, *values): raise on error, return the value(s)."""
     error, *values = result
     if int(error) != 0:
-        _, name = cudart.cudaGetErrorName(error)
-        raise BackendError(f"CUDA error {name.decode() if isinstance(name, bytes) else name}")
+        raise BackendError(f"CUDA error {_name(error)}")
     return values[0] if len(values) == 1 else tuple(values) if values else None
 
 
@@ -78,6 +82,7 @@ class CudaPythonMemory:
         self._streams: list[CudaStream] = []  # destroyed in close(), with the events
         self._events: list[CudaEvent] = []
         self._closed = False
+        self.capture_error: str | None = None  # why the last capture() gave no graph
 
     def gpu(self) -> GpuInfo:
         props = _check(cudart.cudaGetDeviceProperties(self._device))
@@ -115,26 +120,43 @@ class CudaPythonMemory:
         _check(cudart.cudaStreamWaitEvent(stream.obj, event.obj, 0))
 
     def capture(self, stream: CudaStream, work: Callable[[], None]) -> CudaGraph | None:  # type: ignore[override]
-        _check(cudart.cudaStreamBeginCapture(stream.obj, cudart.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal))
-        failed = False
+        """trtexec's sequence: the caller has run ``work`` once directly (TensorRT allocates on its first
+        enqueue); the stream is drained, then ``work`` is captured thread-locally (other threads may use
+        CUDA meanwhile). Any failure ends the capture, destroys what it produced and clears CUDA's last
+        error, so the next direct ``execute_async_v3`` does not inherit it; ``capture_error`` says why."""
+        self.capture_error = None
+        stream.synchronize()
+        mode = cudart.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal  # trtexec's mode too
+        (error,) = cudart.cudaStreamBeginCapture(stream.obj, mode)
+        if int(error) != 0:  # nothing began: nothing to end
+            self._abandon(stream, f"cudaStreamBeginCapture: {_name(error)}", ended=True)
+            return None
         try:
             work()
-        except Exception:  # the engine's work cannot be captured: it is launched directly instead
-            failed = True
-        try:
-            graph = _check(cudart.cudaStreamEndCapture(stream.obj))
-        except BackendError:
-            return None  # capture invalidated (e.g. an allocation inside the work)
-        try:
-            if failed:
-                raise BackendError("capture failed")
-            exec_ = _check(cudart.cudaGraphInstantiate(graph, 0))
-        except BackendError:
-            _check(cudart.cudaGraphDestroy(graph))
+        except Exception as exc:  # e.g. execute_async_v3 returned False: the engine cannot be captured
+            self._abandon(stream, f"the work failed while capturing: {exc}")
+            return None
+        error, graph = cudart.cudaStreamEndCapture(stream.obj)
+        if int(error) != 0:  # invalidated (something in the work is not capturable): no graph came back
+            self._abandon(stream, f"cudaStreamEndCapture: {_name(error)}", ended=True)
+            return None
+        error, exec_ = cudart.cudaGraphInstantiate(graph, 0)
+        if int(error) != 0:
+            cudart.cudaGraphDestroy(graph)  # cleaning up: its status must not hide the reason
+            self._abandon(stream, f"cudaGraphInstantiate: {_name(error)}", ended=True)
             return None
         captured = CudaGraph(graph, exec_)
         self._graphs.append(captured)
         return captured
+
+    def _abandon(self, stream: CudaStream, why: str, *, ended: bool = False) -> None:
+        """End a failed capture (unless it has ended), drop its partial graph, clear the last error."""
+        if not ended:
+            error, graph = cudart.cudaStreamEndCapture(stream.obj)
+            if int(error) == 0 and graph is not None and int(graph) != 0:  # TensorRT failed, the capture did not
+                cudart.cudaGraphDestroy(graph)
+        cudart.cudaGetLastError()  # the error a failed capture leaves would fail the next CUDA call
+        self.capture_error = why
 
     def free(self, buffer: Buffer) -> None:
         self.ledger.take(buffer)

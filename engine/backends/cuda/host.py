@@ -69,6 +69,7 @@ class HostMemory:
         self.deferred = deferred
         self.ledger = Ledger()
         self._closed = False
+        self.capture_error: str | None = None
 
     def gpu(self) -> GpuInfo:
         return GpuInfo("host (numpy)", "0.0")
@@ -112,7 +113,8 @@ class HostMemory:
             stream.enqueue(lambda: other.run_until(position))
 
     def capture(self, stream: HostStream, work: Callable[[], None]) -> None:  # type: ignore[override]
-        return None  # no graphs on the host: the runtime launches the work directly
+        self.capture_error = "the host implementation has no CUDA graphs"
+        return None  # the runtime launches the work directly
 
     def free(self, buffer: Buffer) -> None:
         self.ledger.take(buffer)

@@ -56,6 +56,7 @@ class TorchCudaMemory:
         self.device_ = torch.device("cuda", device)
         self.ledger = Ledger()
         self._closed = False
+        self.capture_error: str | None = None  # why the last capture() gave no graph
 
     def gpu(self) -> GpuInfo:
         props = torch.cuda.get_device_properties(self.device_)
@@ -91,13 +92,20 @@ class TorchCudaMemory:
         stream.obj.wait_event(event.obj)
 
     def capture(self, stream: TorchStream, work: Callable[[], None]) -> TorchGraph | None:  # type: ignore[override]
+        """``work`` (already run once directly by the caller) captured on ``stream``; None with
+        ``capture_error`` set where it cannot be. torch.cuda.graph synchronises the device first and
+        clears CUDA's error after a failed end of capture (c10's checks do), as trtexec does."""
+        self.capture_error = None
         graph = torch.cuda.CUDAGraph()
         try:
             # Work launched by others (TensorRT's enqueue) on the capturing stream is captured too.
-            with torch.cuda.graph(graph, stream=stream.obj):
+            # "thread_local": only this thread is barred from unsafe CUDA calls while capturing; the
+            # default "global" would fail other threads' allocations (torch backends, decoders) meanwhile.
+            with torch.cuda.graph(graph, stream=stream.obj, capture_error_mode="thread_local"):
                 work()
-        except RuntimeError:
-            return None  # the engine does something graphs cannot hold: launch it directly
+        except RuntimeError as exc:  # BackendError included: the engine cannot be captured
+            self.capture_error = f"{type(exc).__name__}: {exc}"
+            return None  # launched directly instead
         return TorchGraph(graph)
 
     def free(self, buffer: Buffer) -> None:
