@@ -15,6 +15,7 @@ class Head(torch.nn.Module):
     """Base: ``outputs`` names the tensors ``forward`` returns, ``specs`` the layers they make."""
 
     outputs: tuple[str, ...] = ()
+    name: str  # the model it runs (a zoo name), set by each head
 
     def specs(self) -> tuple[OutputSpec, ...]:
         raise NotImplementedError
