@@ -12,11 +12,14 @@ import torch
 
 from segengine.errors import ConfigError
 from segengine.geometry import letterbox, stretch
+from segengine.graph import intdiv, nms
 from segengine.graph.heads import Head, InstanceHead, LaneHead, SemanticHead
 from segengine.graph.naming import name_nodes
-from segengine.graph.nms import TRANSLATIONS
 from segengine.graph.spec import INPUT_NAME, GraphSpec, InputSpec
 from segengine.models import zoo
+
+# Our own ops and their ONNX: NMS, exact integer division.
+TRANSLATIONS = {**nms.TRANSLATIONS, **intdiv.TRANSLATIONS}
 
 PRESETS: dict[str, tuple[str, ...]] = {
     "road": ("twinlitenet", "yolov5s-seg"),

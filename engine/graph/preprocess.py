@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from segengine.geometry import Placement
+from segengine.graph.intdiv import floor_div
 from segengine.models.card import Preprocess
 
 
@@ -48,19 +49,34 @@ class OpenCVLinearResize(torch.nn.Module):
             self.register_buffer(f"{axis}0", i0, persistent=False)
             self.register_buffer(f"{axis}1", i1, persistent=False)
             shape = (1, 1, -1, 1) if axis == "x" else (1, -1, 1, 1)
-            self.register_buffer(f"{axis}w0", w0.view(shape), persistent=False)
-            self.register_buffer(f"{axis}w1", w1.view(shape), persistent=False)
+            if axis == "x":
+                self.register_buffer("xw0", w0.view(shape), persistent=False)
+                self.register_buffer("xw1", w1.view(shape), persistent=False)
+            else:  # split in 64ths: see _mulhi
+                for name, w in (("yw0", w0), ("yw1", w1)):
+                    self.register_buffer(f"{name}_hi", (w // 64).view(shape), persistent=False)
+                    self.register_buffer(f"{name}_lo", (w % 64).view(shape), persistent=False)
 
     def forward(self, frame: torch.Tensor) -> torch.Tensor:
         x = frame.to(torch.int32)
+        # index_select exports as one Gather per pass (indexing as x[:, :, i] exports as
+        # GatherND between two full-size Transposes).
         # Horizontal pass: exact integers scaled by 2048 (at most 255 * 2048).
-        rows = x[:, :, self.x0] * self.xw0 + x[:, :, self.x1] * self.xw1
+        rows = x.index_select(2, self.x0) * self.xw0 + x.index_select(2, self.x1) * self.xw1
         # Vertical pass as OpenCV's SIMD code: drop 4 bits, multiply, keep the high 16 bits,
         # then round away the last 2. Values are never negative, so truncation is floor.
-        top = torch.div(rows[:, self.y0], 16, rounding_mode="trunc") * self.yw0
-        bottom = torch.div(rows[:, self.y1], 16, rounding_mode="trunc") * self.yw1
-        total = torch.div(top, 65536, rounding_mode="trunc") + torch.div(bottom, 65536, rounding_mode="trunc")
-        return torch.div(total + 2, 4, rounding_mode="trunc").clamp(0, 255)
+        # The 4 bits go before the rows are picked: once per source row, not twice per output row.
+        rows = floor_div(rows, 16)
+        top = _mulhi(rows.index_select(1, self.y0), self.yw0_hi, self.yw0_lo)
+        bottom = _mulhi(rows.index_select(1, self.y1), self.yw1_hi, self.yw1_lo)
+        return floor_div(top + bottom + 2, 4).clamp(0, 255)
+
+
+def _mulhi(a: torch.Tensor, w_hi: torch.Tensor, w_lo: torch.Tensor) -> torch.Tensor:
+    """``(a * w) >> 16`` for ``a < 2**15``, ``w = 64 * w_hi + w_lo <= 2048``, with every
+    intermediate below 2**21. ``a * w`` reaches 2**26, and OpenVINO's CPU plugin was seen to
+    get one pixel in 691200 wrong from it, as float32 arithmetic (exact below 2**24) would."""
+    return floor_div(a * w_hi + floor_div(a * w_lo, 64), 1024)
 
 
 class FramePreprocess(torch.nn.Module):
