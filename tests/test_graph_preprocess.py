@@ -75,22 +75,29 @@ def test_resize_is_bit_exact_on_onnxruntime(tmp_path: Path, shared: Path) -> Non
 
 
 @pytest.mark.parametrize("precision", ["f32", "bf16"])
-def test_resize_is_bit_exact_on_openvino(tmp_path: Path, precision: str) -> None:
+@pytest.mark.parametrize("size", [(541, 961), (540, 960), (1080, 1920)])  # any ratio; 3:2; 3:1
+def test_resize_is_bit_exact_on_openvino(tmp_path: Path, precision: str, size: tuple[int, int]) -> None:
     ov = pytest.importorskip("openvino")
-    image = np.random.default_rng(3).integers(0, 256, (541, 961, 3), dtype=np.uint8)
+    image = np.random.default_rng(3).integers(0, 256, (*size, 3), dtype=np.uint8)
     path = _export_resize(tmp_path, image, (360, 640))
     compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": precision})
     got = compiled({0: image[None]})[0][0]
     np.testing.assert_array_equal(got, cv2.resize(image, (640, 360), interpolation=cv2.INTER_LINEAR))
 
 
-def test_resize_graph_is_integer_gathers_and_divisions(tmp_path: Path) -> None:
-    """Two Gathers per pass and integer Divs (1 + 2 per vertical tap + 1): no float round trips, no transposes."""
-    image = np.zeros((540, 960, 3), np.uint8)
-    ops = Counter(n.op_type for n in onnx.load(str(_export_resize(tmp_path, image, (360, 640)))).graph.node)
-    assert ops["Gather"] == 4 and ops["Div"] == 6
+@pytest.mark.parametrize(("size", "divs", "gathers"), [((541, 961), 6, 4), ((540, 960), 4, 4), ((1080, 1920), 3, 3)])
+def test_resize_graph_is_integer_gathers_and_divisions(tmp_path: Path, size: tuple[int, int], divs: int,
+                                                       gathers: int) -> None:
+    """Integer Gathers and Divs only (no float round trips, no transposes); at 3:2 every vertical weight is a
+    multiple of 64 (one Div per tap), at 3:1 the second tap is unused."""
+    image = np.random.default_rng(4).integers(0, 256, (*size, 3), dtype=np.uint8)
+    path = _export_resize(tmp_path, image, (360, 640))
+    ops = Counter(n.op_type for n in onnx.load(str(path)).graph.node)
+    assert ops["Gather"] == gathers and ops["Div"] == divs, ops
     assert not {"GatherND", "Transpose", "Floor", "Sign", "Abs"} & set(ops), ops
     assert ops["Cast"] == 1  # uint8 → int32, once
+    got = ort.InferenceSession(str(path)).run(None, {"frame": image[None]})[0][0]
+    np.testing.assert_array_equal(got, cv2.resize(image, (640, 360), interpolation=cv2.INTER_LINEAR))
 
 
 def test_letterbox_placement() -> None:

@@ -50,12 +50,18 @@ class OpenCVLinearResize(torch.nn.Module):
             self.register_buffer(f"{axis}1", i1, persistent=False)
             shape = (1, 1, -1, 1) if axis == "x" else (1, -1, 1, 1)
             if axis == "x":
-                self.register_buffer("xw0", w0.view(shape), persistent=False)
-                self.register_buffer("xw1", w1.view(shape), persistent=False)
+                # Repeated over the 3 channels: broadcasting a weight over an inner axis of 3
+                # makes ONNX Runtime and OpenVINO multiply in 3-element runs, several times slower.
+                self.register_buffer("xw0", w0.view(shape).expand(1, 1, -1, 3).contiguous(), persistent=False)
+                self.register_buffer("xw1", w1.view(shape).expand(1, 1, -1, 3).contiguous(), persistent=False)
             else:  # split in 64ths: see _mulhi
                 for name, w in (("yw0", w0), ("yw1", w1)):
                     self.register_buffer(f"{name}_hi", (w // 64).view(shape), persistent=False)
                     self.register_buffer(f"{name}_lo", (w % 64).view(shape), persistent=False)
+                # Which parts are all zero, known when the graph is built: at common ratios
+                # (3:2, 2:1, 3:1) every weight is a multiple of 64 or the second tap is unused,
+                # and the ops for them would only multiply by zero.
+                self.y_terms = ((bool(w0.any()), bool((w0 % 64).any())), (bool(w1.any()), bool((w1 % 64).any())))
 
     def forward(self, frame: torch.Tensor) -> torch.Tensor:
         x = frame.to(torch.int32)
@@ -67,16 +73,20 @@ class OpenCVLinearResize(torch.nn.Module):
         # then round away the last 2. Values are never negative, so truncation is floor.
         # The 4 bits go before the rows are picked: once per source row, not twice per output row.
         rows = floor_div(rows, 16)
-        top = _mulhi(rows.index_select(1, self.y0), self.yw0_hi, self.yw0_lo)
-        bottom = _mulhi(rows.index_select(1, self.y1), self.yw1_hi, self.yw1_lo)
-        return floor_div(top + bottom + 2, 4).clamp(0, 255)
+        taps = ((self.y0, self.yw0_hi, self.yw0_lo), (self.y1, self.yw1_hi, self.yw1_lo))
+        terms = [_mulhi(rows.index_select(1, index), w_hi, w_lo if has_lo else None)
+                 for (index, w_hi, w_lo), (used, has_lo) in zip(taps, self.y_terms) if used]
+        total = terms[0] if len(terms) == 1 else terms[0] + terms[1]  # weights sum to 2048: one is used
+        return floor_div(total + 2, 4).clamp(0, 255)
 
 
-def _mulhi(a: torch.Tensor, w_hi: torch.Tensor, w_lo: torch.Tensor) -> torch.Tensor:
+def _mulhi(a: torch.Tensor, w_hi: torch.Tensor, w_lo: torch.Tensor | None) -> torch.Tensor:
     """``(a * w) >> 16`` for ``a < 2**15``, ``w = 64 * w_hi + w_lo <= 2048``, with every
     intermediate below 2**21. ``a * w`` reaches 2**26, and OpenVINO's CPU plugin was seen to
-    get one pixel in 691200 wrong from it, as float32 arithmetic (exact below 2**24) would."""
-    return floor_div(a * w_hi + floor_div(a * w_lo, 64), 1024)
+    get one pixel in 691200 wrong from it, as float32 arithmetic (exact below 2**24) would.
+    ``w_lo`` None: all zero."""
+    high = a * w_hi
+    return floor_div(high if w_lo is None else high + floor_div(a * w_lo, 64), 1024)
 
 
 class FramePreprocess(torch.nn.Module):
