@@ -272,6 +272,37 @@ def compare_fps(graphs: Sequence[Path], frames: Sequence[np.ndarray], runs: int)
     return "\n".join(lines)
 
 
+def profile(graph: Path, frames: Sequence[np.ndarray], backend: str) -> Profile:
+    """``backend``: ort, ov-fp32 or ov-bf16."""
+    return profile_ort(graph, frames) if backend == "ort" else profile_openvino(graph, frames, backend.split("-", 1)[1])
+
+
+def median_profiles(graphs: Sequence[Path], frames: Sequence[np.ndarray], backend: str,
+                    runs: int) -> dict[Path, tuple[Profile, list[float]]]:
+    """Each graph profiled ``runs`` times, the graphs alternating (a shared machine is noisy):
+    the run of median total per graph, with every run's total."""
+    done: dict[Path, list[Profile]] = defaultdict(list)
+    for _ in range(runs):
+        for graph in graphs:
+            done[graph].append(profile(graph, frames, backend))
+    out = {}
+    for graph, profiles in done.items():
+        ranked = sorted(profiles, key=lambda p: p.ms_per_frame)
+        out[graph] = (ranked[len(ranked) // 2], [p.ms_per_frame for p in profiles])
+    return out
+
+
+def summary(results: dict[str, dict[Path, tuple[Profile, list[float]]]]) -> str:
+    lines = ["| backend | graph | kernels ms/frame (median; runs) | network ms | pre/post ms | other ms |",
+             "|---|---|---|---:|---:|---:|"]
+    for backend, per_graph in results.items():
+        for graph, (p, totals) in per_graph.items():
+            parts = part_totals(p)
+            lines.append(f"| {backend} | {graph.name} | {p.ms_per_frame:.1f} ({', '.join(f'{t:.1f}' for t in totals)}) "
+                         f"| {parts['network']:.1f} | {parts['pre/post-processing']:.1f} | {parts['other']:.1f} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="road")
@@ -279,25 +310,28 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=30)
     parser.add_argument("--top", type=int, default=15)
     parser.add_argument("--backends", default="ort,ov-fp32,ov-bf16")
-    parser.add_argument("--graph", type=Path, help="profile this ONNX file instead of the preset's cached graph")
+    parser.add_argument("--graph", type=Path, nargs="+",
+                        help="profile these ONNX files (alternating) instead of the preset's cached graph")
     parser.add_argument("--fps", type=Path, nargs="+", help="compare these graphs' bare fps instead")
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=1, help="runs per graph and backend (the median is shown)")
     args = parser.parse_args()
     frames = read_frames(args.video, args.frames)
     if args.fps:
         table_ = compare_fps(args.fps, frames, args.runs)
         print(f"{len(frames)} frames of {args.video.name}, {args.runs} runs\n\n{table_}")
         return
-    graph = args.graph
-    if graph is None:
+    graphs = args.graph
+    if graphs is None:
         from segengine.graph.cache import cached_graph
 
-        graph = cached_graph(args.preset, frames[0].shape[:2])
-    print(f"{graph.name}: {len(frames)} frames {frames[0].shape[1]}x{frames[0].shape[0]} of {args.video.name}\n")
-    for backend in args.backends.split(","):
-        profile = (profile_ort(graph, frames) if backend == "ort"
-                   else profile_openvino(graph, frames, backend.split("-", 1)[1]))
-        print(report(profile, args.top) + "\n")
+        graphs = [cached_graph(args.preset, frames[0].shape[:2])]
+    print(f"{', '.join(g.name for g in graphs)}: {len(frames)} frames {frames[0].shape[1]}x{frames[0].shape[0]} "
+          f"of {args.video.name}, {args.runs} run(s) each\n")
+    results = {b: median_profiles(graphs, frames, b, args.runs) for b in args.backends.split(",")}
+    for per_graph in results.values():
+        for graph, (p, _) in per_graph.items():
+            print(f"## {graph.name}\n\n{report(p, args.top)}\n")
+    print(summary(results))
 
 
 if __name__ == "__main__":
