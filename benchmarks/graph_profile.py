@@ -25,6 +25,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -227,48 +228,58 @@ def read_frames(video: Path, count: int) -> list[np.ndarray]:
                 for _, f in zip(range(count), container.decode(video=0))]
 
 
-def bare_fps(graph: Path, frames: Sequence[np.ndarray], backend: str) -> float:
-    """Frames a second of the engine's own backend on ``graph`` (one frame at a time, as
-    ``pipeline_throughput.py`` measures; OpenVINO "pipelined" keeps its streams busy)."""
+def open_backend(graph: Path, backend: str) -> Any:
+    """The engine's own backend on ``graph``: ort-fp32, ov-bf16 (one frame at a time, as
+    ``pipeline_throughput.py`` measures) or ov-bf16-pipelined (its streams kept busy, as the pipeline does)."""
     from segengine.backends.base import BackendOptions
     from segengine.backends.onnxruntime import OnnxRuntimeBackend
     from segengine.backends.openvino import OpenVinoBackend
     from segengine.graph.spec import GraphSpec
 
     spec = GraphSpec.read_file(graph)
-    b = (OnnxRuntimeBackend(graph, spec) if backend == "ort-fp32"
-         else OpenVinoBackend(graph, spec, BackendOptions(precision="bf16")))
-    b.infer(frames[0])
+    if backend == "ort-fp32":
+        return OnnxRuntimeBackend(graph, spec)
+    return OpenVinoBackend(graph, spec, BackendOptions(precision="bf16"))
+
+
+def time_frames(b: Any, frames: Sequence[np.ndarray], pipelined: bool) -> float:
+    """Seconds for ``frames`` through backend ``b``."""
     start = time.perf_counter()
-    if backend == "ov-bf16-pipelined":
+    if pipelined:
         for frame in frames:
-            if len(b._pending) >= b.depth:  # type: ignore[attr-defined]
-                b.collect()  # type: ignore[attr-defined]
-            b.submit(frame)  # type: ignore[attr-defined]
-        while b._pending:  # type: ignore[attr-defined]
-            b.collect()  # type: ignore[attr-defined]
+            if len(b._pending) >= b.depth:
+                b.collect()
+            b.submit(frame)
+        while b._pending:
+            b.collect()
     else:
         for frame in frames:
             b.infer(frame)
-    fps = len(frames) / (time.perf_counter() - start)
-    b.close()
-    return fps
+    return time.perf_counter() - start
 
 
-def compare_fps(graphs: Sequence[Path], frames: Sequence[np.ndarray], runs: int) -> str:
-    """Bare fps of each graph per backend, the graphs alternating within each run (a noisy machine)."""
-    backends = ("ort-fp32", "ov-bf16", "ov-bf16-pipelined")
-    results: dict[tuple[str, Path], list[float]] = defaultdict(list)
-    for _ in range(runs):
-        for backend in backends:
-            for graph in graphs:
-                results[(backend, graph)].append(bare_fps(graph, frames, backend))
-    lines = ["| backend | graph | fps per run | median |", "|---|---|---|---:|"]
-    for backend in backends:
-        for graph in graphs:
-            values = results[(backend, graph)]
-            lines.append(f"| {backend} | {graph.name} | {', '.join(f'{v:.2f}' for v in values)} "
-                         f"| {float(np.median(values)):.2f} |")
+def compare_fps(graphs: Sequence[Path], frames: Sequence[np.ndarray], runs: int, chunk: int = 10) -> str:
+    """Bare fps of each graph per backend. All graphs stay open and take turns every ``chunk`` frames
+    (the order flipping each turn), so a neighbour's load on a shared machine falls on all alike."""
+    lines = ["| backend | graph | fps per run | fps (all runs) | vs first |", "|---|---|---|---:|---:|"]
+    for backend in ("ort-fp32", "ov-bf16", "ov-bf16-pipelined"):
+        opened = [open_backend(g, backend) for g in graphs]
+        for b in opened:
+            b.infer(frames[0])  # warm-up
+        seconds = np.zeros((runs, len(graphs)))
+        turn = 0
+        for run in range(runs):
+            for start in range(0, len(frames), chunk):
+                order = range(len(graphs)) if turn % 2 == 0 else reversed(range(len(graphs)))
+                for i in order:
+                    seconds[run, i] += time_frames(opened[i], frames[start:start + chunk], "pipelined" in backend)
+                turn += 1
+        for b in opened:
+            b.close()
+        total = runs * len(frames) / seconds.sum(axis=0)
+        for i, graph in enumerate(graphs):
+            per_run = ", ".join(f"{len(frames) / t:.2f}" for t in seconds[:, i])
+            lines.append(f"| {backend} | {graph.name} | {per_run} | {total[i]:.2f} | {total[i] / total[0]:.2f}x |")
     return "\n".join(lines)
 
 
