@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import cv2
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
 
 from segengine.geometry import letterbox, stretch
+from segengine.graph.compose import export_module
 from segengine.graph.preprocess import FramePreprocess, OpenCVLinearResize
 from segengine.models.card import Preprocess
 
@@ -57,14 +60,44 @@ def test_resize_is_bit_exact_with_opencv(size: tuple[int, int], target: tuple[in
     np.testing.assert_array_equal(got, expected)
 
 
+def _export_resize(tmp_path: Path, image: np.ndarray, target: tuple[int, int]) -> Path:
+    path = tmp_path / "resize.onnx"
+    export_module(OpenCVLinearResize(image.shape[:2], target), (torch.from_numpy(image)[None],), path,
+                  ("frame",), ("resized",))
+    return path
+
+
 def test_resize_is_bit_exact_on_onnxruntime(tmp_path: Path, shared: Path) -> None:
     image = _rgb(shared, "yolov5s_seg")
-    module = OpenCVLinearResize(image.shape[:2], (384, 640)).eval()
-    path = tmp_path / "resize.onnx"
-    torch.onnx.export(module, (torch.from_numpy(image)[None],), str(path), dynamo=True, external_data=False,
-                      input_names=["frame"])
+    path = _export_resize(tmp_path, image, (384, 640))
     got = ort.InferenceSession(str(path)).run(None, {"frame": image[None]})[0][0]
     np.testing.assert_array_equal(got, cv2.resize(image, (640, 384), interpolation=cv2.INTER_LINEAR))
+
+
+@pytest.mark.parametrize("precision", ["f32", "bf16"])
+@pytest.mark.parametrize("size", [(541, 961), (540, 960), (1080, 1920)])  # any ratio; 3:2; 3:1
+def test_resize_is_bit_exact_on_openvino(tmp_path: Path, precision: str, size: tuple[int, int]) -> None:
+    ov = pytest.importorskip("openvino")
+    image = np.random.default_rng(3).integers(0, 256, (*size, 3), dtype=np.uint8)
+    path = _export_resize(tmp_path, image, (360, 640))
+    compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": precision})
+    got = compiled({0: image[None]})[0][0]
+    np.testing.assert_array_equal(got, cv2.resize(image, (640, 360), interpolation=cv2.INTER_LINEAR))
+
+
+@pytest.mark.parametrize(("size", "divs", "gathers"), [((541, 961), 6, 4), ((540, 960), 3, 4), ((1080, 1920), 2, 2)])
+def test_resize_graph_is_integer_gathers_and_divisions(tmp_path: Path, size: tuple[int, int], divs: int,
+                                                       gathers: int) -> None:
+    """Integer Gathers and Divs only (no float round trips, no transposes); at 3:2 every weight is a multiple of
+    16 across (no Div there) and of 64 down (one Div per tap); at 3:1 each pass uses one tap only."""
+    image = np.random.default_rng(4).integers(0, 256, (*size, 3), dtype=np.uint8)
+    path = _export_resize(tmp_path, image, (360, 640))
+    ops = Counter(n.op_type for n in onnx.load(str(path)).graph.node)
+    assert ops["Gather"] == gathers and ops["Div"] == divs, ops
+    assert not {"GatherND", "Transpose", "Floor", "Sign", "Abs"} & set(ops), ops
+    assert ops["Cast"] == 1  # uint8 → int32, once
+    got = ort.InferenceSession(str(path)).run(None, {"frame": image[None]})[0][0]
+    np.testing.assert_array_equal(got, cv2.resize(image, (640, 360), interpolation=cv2.INTER_LINEAR))
 
 
 def test_letterbox_placement() -> None:

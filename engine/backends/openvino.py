@@ -59,7 +59,11 @@ class OpenVinoBackend(BackendInfo):
         self._requests: list[Any] | None = [compiled.create_infer_request() for _ in range(self.depth)]
         self._pending: deque[Any] = deque()  # started, not yet collected, oldest first
         self._next = 0  # the request the next frame starts on (round robin: at most depth in flight)
-        self._outputs = [(port.get_any_name(), port) for port in compiled.outputs]
+        # A port can carry several names (OpenVINO folds a bool→uint8 cast into its producer, whose
+        # name comes along): the graph's own output name is the one the spec knows.
+        wanted = set(spec.tensor_names)
+        self._outputs = [(next((n for n in sorted(port.get_names()) if n in wanted), port.get_any_name()), port)
+                         for port in compiled.outputs]
         missing = set(spec.tensor_names) - {name for name, _ in self._outputs}
         if missing:
             raise BackendError(f"{graph}: its spec names outputs the graph lacks ({', '.join(sorted(missing))})")

@@ -12,10 +12,14 @@ import torch
 
 from segengine.errors import ConfigError
 from segengine.geometry import letterbox, stretch
+from segengine.graph import intdiv, nms
 from segengine.graph.heads import Head, InstanceHead, LaneHead, SemanticHead
-from segengine.graph.nms import TRANSLATIONS
+from segengine.graph.naming import name_nodes
 from segengine.graph.spec import INPUT_NAME, GraphSpec, InputSpec
 from segengine.models import zoo
+
+# Our own ops and their ONNX: NMS, exact integer division.
+TRANSLATIONS = {**nms.TRANSLATIONS, **intdiv.TRANSLATIONS}
 
 PRESETS: dict[str, tuple[str, ...]] = {
     "road": ("twinlitenet", "yolov5s-seg"),
@@ -84,6 +88,7 @@ def export_graph(graph: SegmentationGraph, path: Path) -> Path:
     frame = torch.zeros(1, h, w, 3, dtype=torch.uint8)
     export_module(graph, (frame,), path, (INPUT_NAME,), graph.output_names)
     model = onnx.load(str(path))
+    name_nodes(model, {f"heads.{i}": head.name for i, head in enumerate(graph.heads)})
     graph.spec().write(model)
     onnx.save(model, str(path))
     return path

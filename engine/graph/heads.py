@@ -11,10 +11,20 @@ from segengine.graph.spec import OutputSpec
 from segengine.models.card import Preprocess
 
 
+def class_map(logits: torch.Tensor) -> torch.Tensor:
+    """N×C×h×w scores → uint8 N×h×w argmax. Two classes: one comparison, the same answer (ties
+    go to class 0, as argmax's first maximum); OpenVINO runs ArgMax as a TopK that costs more
+    than the comparison by an order of magnitude, with layout reorders around it."""
+    if logits.shape[1] == 2:
+        return (logits[:, 1] > logits[:, 0]).to(torch.uint8)
+    return logits.argmax(dim=1).to(torch.uint8)
+
+
 class Head(torch.nn.Module):
     """Base: ``outputs`` names the tensors ``forward`` returns, ``specs`` the layers they make."""
 
     outputs: tuple[str, ...] = ()
+    name: str  # the model it runs (a zoo name), set by each head
 
     def specs(self) -> tuple[OutputSpec, ...]:
         raise NotImplementedError
@@ -33,7 +43,7 @@ class SemanticHead(Head):
 
     def forward(self, frame: torch.Tensor) -> tuple[torch.Tensor, ...]:
         logits = self.net(self.pre(frame))[0]
-        return (logits.argmax(dim=1).to(torch.uint8),)
+        return (class_map(logits),)
 
     def specs(self) -> tuple[OutputSpec, ...]:
         return (OutputSpec(self.outputs[0], "semantic", self.name, self.outputs, self.placement, self.classes),)
@@ -52,7 +62,7 @@ class LaneHead(Head):
 
     def forward(self, frame: torch.Tensor) -> tuple[torch.Tensor, ...]:
         da, ll = self.net(self.pre(frame))
-        return da.argmax(dim=1).to(torch.uint8), ll.argmax(dim=1).to(torch.uint8)
+        return class_map(da), class_map(ll)
 
     def specs(self) -> tuple[OutputSpec, ...]:
         return (OutputSpec("drivable", "binary_map", self.name, ("drivable",), self.placement,

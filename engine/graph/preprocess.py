@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from segengine.geometry import Placement
+from segengine.graph.intdiv import floor_div
 from segengine.models.card import Preprocess
 
 
@@ -39,28 +40,62 @@ def _linear_taps(src: int, dst: int, *, clamp: bool) -> tuple[torch.Tensor, ...]
 
 
 class OpenCVLinearResize(torch.nn.Module):
-    """uint8 N×H×W×C → int32 N×h×w×C, equal bit for bit to ``cv2.resize(..., INTER_LINEAR)``."""
+    """uint8 N×H×W×3 → int32 N×h×w×3, equal bit for bit to ``cv2.resize(..., INTER_LINEAR)``.
+
+    Which terms are all zero is known when the graph is built, and their ops are left out: at
+    common ratios (3:2, 2:1, 3:1) every weight is a multiple of 16 horizontally and of 64
+    vertically, or a second tap is unused, and those ops would only multiply by zero or divide
+    what is already divisible.
+    """
 
     def __init__(self, src: tuple[int, int], dst: tuple[int, int]) -> None:
         super().__init__()
-        for axis, (s, d, clamp) in {"x": (src[1], dst[1], True), "y": (src[0], dst[0], False)}.items():
-            i0, i1, w0, w1 = _linear_taps(s, d, clamp=clamp)
-            self.register_buffer(f"{axis}0", i0, persistent=False)
-            self.register_buffer(f"{axis}1", i1, persistent=False)
-            shape = (1, 1, -1, 1) if axis == "x" else (1, -1, 1, 1)
-            self.register_buffer(f"{axis}w0", w0.view(shape), persistent=False)
-            self.register_buffer(f"{axis}w1", w1.view(shape), persistent=False)
+        x0, x1, xw0, xw1 = _linear_taps(src[1], dst[1], clamp=True)
+        # Exact: OpenCV's first step drops 4 bits of the horizontal sum.
+        self.x_div16 = bool((xw0 % 16).any() or (xw1 % 16).any())
+        scale = 1 if self.x_div16 else 16
+        self.x_used = (True, bool(xw1.any()))  # weights sum to 2048: the first tap is never all zero
+        for i, (index, w) in enumerate(((x0, xw0), (x1, xw1))):
+            self.register_buffer(f"x{i}", index, persistent=False)
+            # Repeated over the 3 channels: broadcasting a weight over an inner axis of 3
+            # makes ONNX Runtime and OpenVINO multiply in 3-element runs, several times slower.
+            w = (w // scale).view(1, 1, -1, 1).expand(1, 1, -1, 3).contiguous()
+            self.register_buffer(f"xw{i}", w, persistent=False)
+        y0, y1, yw0, yw1 = _linear_taps(src[0], dst[0], clamp=False)
+        self.y_terms = tuple((bool(w.any()), bool((w % 64).any())) for w in (yw0, yw1))
+        for i, (index, w) in enumerate(((y0, yw0), (y1, yw1))):
+            self.register_buffer(f"y{i}", index, persistent=False)
+            # Split in 64ths: see _mulhi.
+            self.register_buffer(f"yw{i}_hi", (w // 64).view(1, -1, 1, 1), persistent=False)
+            self.register_buffer(f"yw{i}_lo", (w % 64).view(1, -1, 1, 1), persistent=False)
 
     def forward(self, frame: torch.Tensor) -> torch.Tensor:
         x = frame.to(torch.int32)
+        # index_select exports as one Gather per pass (indexing as x[:, :, i] exports as
+        # GatherND between two full-size Transposes).
         # Horizontal pass: exact integers scaled by 2048 (at most 255 * 2048).
-        rows = x[:, :, self.x0] * self.xw0 + x[:, :, self.x1] * self.xw1
+        rows = x.index_select(2, self.x0) * self.xw0
+        if self.x_used[1]:
+            rows = rows + x.index_select(2, self.x1) * self.xw1
         # Vertical pass as OpenCV's SIMD code: drop 4 bits, multiply, keep the high 16 bits,
         # then round away the last 2. Values are never negative, so truncation is floor.
-        top = torch.div(rows[:, self.y0], 16, rounding_mode="trunc") * self.yw0
-        bottom = torch.div(rows[:, self.y1], 16, rounding_mode="trunc") * self.yw1
-        total = torch.div(top, 65536, rounding_mode="trunc") + torch.div(bottom, 65536, rounding_mode="trunc")
-        return torch.div(total + 2, 4, rounding_mode="trunc").clamp(0, 255)
+        # The 4 bits go before the rows are picked: once per source row, not twice per output row.
+        if self.x_div16:
+            rows = floor_div(rows, 16)
+        taps = ((self.y0, self.yw0_hi, self.yw0_lo), (self.y1, self.yw1_hi, self.yw1_lo))
+        terms = [_mulhi(rows.index_select(1, index), w_hi, w_lo if has_lo else None)
+                 for (index, w_hi, w_lo), (used, has_lo) in zip(taps, self.y_terms) if used]
+        total = terms[0] if len(terms) == 1 else terms[0] + terms[1]  # weights sum to 2048: one is used
+        return floor_div(total + 2, 4).clamp(0, 255)
+
+
+def _mulhi(a: torch.Tensor, w_hi: torch.Tensor, w_lo: torch.Tensor | None) -> torch.Tensor:
+    """``(a * w) >> 16`` for ``a < 2**15``, ``w = 64 * w_hi + w_lo <= 2048``, with every
+    intermediate below 2**21. ``a * w`` reaches 2**26, and OpenVINO's CPU plugin was seen to
+    get one pixel in 691200 wrong from it, as float32 arithmetic (exact below 2**24) would.
+    ``w_lo`` None: all zero."""
+    high = a * w_hi
+    return floor_div(high if w_lo is None else high + floor_div(a * w_lo, 64), 1024)
 
 
 class FramePreprocess(torch.nn.Module):
