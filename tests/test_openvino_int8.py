@@ -88,6 +88,7 @@ def test_recipes_have_distinct_identities() -> None:
     ({"twinlitenet": 0.1, "yolov5s-seg": 0.2}, {"amx_int8": 1.8}, False, AMX, "bf16"),  # nothing built
     ({"twinlitenet": 0.1, "yolov5s-seg": 0.2}, {"amx_int8": 1.8}, True, ZEN4, "bf16"),  # not measured faster there
     ({"twinlitenet": 0.1, "yolov5s-seg": 0.2}, {"amx_int8": 0.9}, True, AMX, "bf16"),  # slower than bf16
+    ({"twinlitenet": 0.1, "yolov5s-seg": 0.2}, {"amx_int8": 1.03}, True, AMX, "bf16"),  # within the noise
     ({"twinlitenet": 27.0, "yolov5s-seg": 0.2}, {"amx_int8": 1.8}, True, AMX, "bf16"),  # loses accuracy
     ({"yolov5s-seg": 0.2}, {"amx_int8": 1.8}, True, AMX, "bf16"),  # a network never measured
 ])
@@ -100,10 +101,11 @@ def test_auto_takes_int8_only_when_built_faster_and_accurate(monkeypatch: pytest
 
 
 def test_the_measured_guard() -> None:
-    """What this machine measured (README, Performance): the default recipe keeps accuracy on both networks
-    and INT8 beat bf16 on AMX; never cleared: an unmeasured network."""
+    """What the 2-core Xeon with AMX measured (README): the default recipe keeps both networks within the bar,
+    but INT8 was only 3 % faster than bf16 there (noise), so auto keeps bf16 even with a model built."""
     assert accuracy.int8_keeps_accuracy(ROAD) and not accuracy.int8_keeps_accuracy(("espnetv2-cityscapes",))
-    assert accuracy.int8_preferred(ROAD, AMX) == accuracy.int8_beats_bf16(AMX)
+    assert not accuracy.int8_beats_bf16(AMX) and not accuracy.int8_preferred(ROAD, AMX)
+    assert OpenVinoBackend.precision_for(BackendOptions(), AMX, ROAD, int8_built=True) == "bf16"
     assert not accuracy.int8_beats_bf16(ZEN4)
     asked = OpenVinoBackend.precision_for(BackendOptions(precision="int8"), ZEN4, ("yolo11n-seg.onnx",))
     assert asked == "int8"  # asked for: the user's call, as with bf16
