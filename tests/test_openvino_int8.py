@@ -4,6 +4,7 @@ as precision int8; without one, int8 says the build command; auto takes int8 onl
 from __future__ import annotations
 
 import importlib.util
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -197,7 +198,11 @@ def test_a_built_int8_model_is_cached_and_loads_with_outputs_close_to_fp32(tmp_p
         assert want.shape == got.shape == (1, 32, 48) and (want == got).mean() > 0.9
     fp32.close()
     int8.close()
-    xml.with_suffix(".bin").write_bytes(b"changed")  # a damaged model is not loaded
+    # A damaged model is not loaded. Replaced, not rewritten in place: OpenVINO maps the .bin into memory,
+    # and truncating a mapped file kills the process at its next read of it (as a rebuild never does).
+    damaged = tmp_path / "damaged.bin"
+    damaged.write_bytes(b"changed")
+    os.replace(damaged, xml.with_suffix(".bin"))
     assert find_int8(graph, dirs) is None
 
 
@@ -219,3 +224,31 @@ def test_the_road_preset_quantises_and_keeps_its_answers(dirs: zoo.WeightDirs, s
     confident = want["scores"][0] > 0.5
     assert confident.any() and (got["scores"][0][confident] > 0.3).all()
     np.testing.assert_array_equal(got["classes"][0][confident], want["classes"][0][confident])
+
+
+@pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="needs openvino")
+def test_backends_closed_out_of_order_leave_ctrl_c_working(tmp_path: Path) -> None:
+    """Each OpenVINO Core swaps the thread's signal stack; two closed first-opened-first used to leave it on
+    freed memory, and the next Ctrl-C crashed the process. One Core per process keeps signals safe."""
+    import gc
+    import signal
+
+    from segengine.graph.spec import GraphSpec
+
+    graph = _tiny_graph(tmp_path / "tiny.onnx")
+    dirs = zoo.WeightDirs(cache=tmp_path / "cache" / "models")
+    first, second = (OpenVinoBackend(graph, GraphSpec.read_file(graph), BackendOptions(precision="fp32", dirs=dirs))
+                     for _ in range(2))
+    first.close()
+    del first
+    gc.collect()
+    second.close()
+    del second
+    gc.collect()
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        signal.raise_signal(signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert caught == [signal.SIGINT]

@@ -10,8 +10,9 @@ Denormals are flushed, as on ONNX Runtime.
 
 from __future__ import annotations
 
+from functools import cache
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -33,8 +34,6 @@ class OpenVinoBackend(BackendInfo):
     precisions: ClassVar[tuple[str, ...]] = ("bf16", "fp32", "int8")
 
     def __init__(self, graph: Path, spec: GraphSpec, options: BackendOptions | None = None) -> None:
-        import openvino as ov
-
         options = options or BackendOptions()
         if options.device not in (None, "cpu"):
             raise BackendError(f"openvino runs on the CPU here, not on {options.device!r}")
@@ -56,7 +55,7 @@ class OpenVinoBackend(BackendInfo):
         if options.threads:
             config["INFERENCE_NUM_THREADS"] = options.threads
         try:
-            compiled = ov.Core().compile_model(model, "CPU", config)
+            compiled = core().compile_model(model, "CPU", config)
         except RuntimeError as exc:  # OpenVINO's own errors for graphs it cannot read
             raise BackendError(f"{model}: OpenVINO cannot compile this graph ({exc})") from exc
         self._request = compiled.create_infer_request()
@@ -105,7 +104,21 @@ class OpenVinoBackend(BackendInfo):
         return {name: self._request.get_tensor(port).data.copy() for name, port in self._outputs}
 
     def close(self) -> None:
+        # The output ports hold the compiled model too: drop both, so its memory (and the INT8 model's
+        # mapped .bin) is released now, not when this object is collected.
         self._request = None
+        self._outputs = []
+
+
+@cache
+def core() -> Any:
+    """The process's one ``openvino.Core``. Each Core's CPU plugin swaps the thread's signal stack for its
+    own and puts back, when it goes, the one it found: Cores whose lives overlap out of order (two
+    backends closed first-opened-first) leave the thread on freed memory, and its next signal (Ctrl-C)
+    crashes the process. One Core that lives as long as the process keeps that stack valid."""
+    import openvino as ov
+
+    return ov.Core()
 
 
 def int8_folder(dirs: zoo.WeightDirs) -> Path:

@@ -150,7 +150,7 @@ def quantize(graph: Path, spec: GraphSpec, frames: Sequence[np.ndarray], *,
     """The graph's OpenVINO model with its networks quantised to INT8, calibrated on ``frames``
     (uint8 H×W×3 RGB at the graph's frame size: the graph does its own preprocessing)."""
     nncf = import_nncf()
-    import openvino as ov
+    from segengine.backends.openvino import core
 
     # NNCF logs a line per op it leaves out (hundreds here); the build says what it does itself.
     logging.getLogger("nncf").setLevel(logging.WARNING)
@@ -165,7 +165,7 @@ def quantize(graph: Path, spec: GraphSpec, frames: Sequence[np.ndarray], *,
     if not quantised:
         raise BackendError(f"{graph}: no network found to quantise (its nodes carry no torch module paths: "
                            "INT8 needs a graph exported by this segengine; run `segengine build` on a preset)")
-    model = ov.Core().read_model(str(graph))
+    model = core().read_model(str(graph))
     ignored = ignored_names(model.get_ordered_ops(), quantised, scopes)
     dataset = nncf.Dataset(list(frames), lambda frame: frame[None])
     preset = nncf.QuantizationPreset.MIXED if recipe.preset == "mixed" else nncf.QuantizationPreset.PERFORMANCE
