@@ -80,8 +80,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model", type=Path, help="your own YOLO-seg or semantic ONNX model instead of a preset")
     p.add_argument("--classes", type=Path, help="class names for --model (one per line, or a JSON list)")
     p.add_argument("--backend", default="auto", help="auto (default), onnxruntime, openvino, tensorrt or torch")
-    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
-                   help="auto (default: the backend's fastest that keeps accuracy), fp32, or bf16 (openvino)")
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "int8"),
+                   help="auto (default: the backend's fastest that keeps accuracy), fp32, bf16 (openvino), "
+                        "or int8 (openvino, after `segengine build --backend openvino --int8`)")
     p.add_argument("--show", action="store_true", help="show the overlaid video in a window")
     p.add_argument("--max-frames", type=_positive, help="stop after this many frames")
     p.add_argument("--interval", default="1", metavar="N|auto",
@@ -100,8 +101,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", type=Path, required=True)
     p.add_argument("--mapping", type=Path, help='JSON {"model": {"CamVid class": ["model class", ...]}}')
     p.add_argument("--backend", default="onnxruntime", help="onnxruntime (default), openvino, tensorrt or torch")
-    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
-                   help="auto (default), fp32, or bf16 (openvino on CPUs with AVX-512 BF16 or AMX)")
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "int8"),
+                   help="auto (default), fp32, bf16 (openvino on CPUs with AVX-512 BF16 or AMX), "
+                        "or int8 (openvino, after `segengine build --backend openvino --int8`)")
     _model_dir(p)
     p.set_defaults(func=_eval)
 
@@ -124,12 +126,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     p.set_defaults(func=_track)
 
-    p = sub.add_parser("build", help="build a TensorRT engine for a preset or an ONNX graph (NVIDIA GPU)",
+    p = sub.add_parser("build", help="build a TensorRT engine (NVIDIA GPU) or an INT8 OpenVINO model (CPU)",
                        description="Compile a preset's graph (or your ONNX file) with TensorRT into the engine "
-                                   "cache, where `segengine run --backend tensorrt` finds it.")
+                                   "cache, where `segengine run --backend tensorrt` finds it; or, with "
+                                   "--backend openvino --int8, quantise it with NNCF for "
+                                   "`segengine run --backend openvino --precision int8`.")
     p.add_argument("target", help="a preset (road, street), a model name, or a graph .onnx file")
+    p.add_argument("--backend", default="tensorrt", choices=("tensorrt", "openvino"),
+                   help="tensorrt (default) or openvino (--int8 only: NNCF post-training quantisation)")
     p.add_argument("--fp16", action="store_true", help="allow FP16 kernels (TensorRT 10)")
-    p.add_argument("--int8", action="store_true", help="INT8, calibrated on real frames from --calib (TensorRT 10)")
+    p.add_argument("--int8", action="store_true",
+                   help="INT8, calibrated on real frames from --calib (TensorRT 10, or OpenVINO with NNCF)")
     p.add_argument("--calib", metavar="SOURCE", help="frames to calibrate INT8 on: your own video, folder or stream")
     p.add_argument("--calib-frames", type=_positive, default=64, metavar="N", help="frames to calibrate on [64]")
     p.add_argument("--workspace", type=float, default=2.0, metavar="GB", help="builder workspace limit [2 GB]")
@@ -307,6 +314,11 @@ def _build(args: argparse.Namespace) -> int:
     request = BuildRequest(args.target, frame_size=args.frame_size, precision=precision, calib=args.calib,
                            calib_frames=args.calib_frames, workspace_gb=args.workspace, max_batch=args.max_batch,
                            force=args.force)
+    if args.backend == "openvino":
+        from segengine.build_openvino import build_openvino_int8
+
+        print(f"int8 model: {build_openvino_int8(request, _dirs(args))}")
+        return EXIT_OK
     path, _ = build(request, detect(), _dirs(args))
     print(f"engine: {path}")
     return EXIT_OK

@@ -10,9 +10,9 @@ Cost, which on a small CPU is taken from inference: RGB → 4:2:0 is OpenCV's BT
 (0.3 ms a 960×540 frame against swscale's 1.5 ms), so the stream is tagged with BT.601's matrix
 (and sRGB's BT.709 primaries and transfer) and players decode it to the same colours. x264 runs
 ``veryfast`` with its costliest analyses cut (``FAST_X264``: 4.8 ms a 960×540 frame instead of 9.9
-on one core, 5.7 % bigger files at the same CRF), on ``threads`` of its own: by default one where the machine has 2 cores
-or fewer (x264's frame threads cost 8 % more CPU there, and inference wants every cycle), else
-x264's own choice.
+on one core, 5.7 % bigger files at the same CRF), on ``threads`` of its own: by default one where
+the machine has 2 cores or fewer (x264's frame threads cost 8 % more CPU there, and inference
+wants every cycle), else x264's own choice.
 
 Odd sizes: 4:2:0 H.264 cannot hold them. x264's SPS cropping (``crop-rect``) would be the way
 to pad and crop back, but in 4:2:0 the crop unit is 2 pixels ("crop-rect 0,0,1,1 not divisible
