@@ -8,6 +8,7 @@ CPU provider, PyAV's H.264 decoder).
 from __future__ import annotations
 
 import ctypes.util
+import importlib.metadata
 import importlib.util
 import platform
 import subprocess
@@ -104,7 +105,11 @@ def _openvino(env: GpuEnvironment) -> Check:
                      "pip install openvino (bf16 on CPUs with AVX-512 BF16 or AMX)" if env.cpu_bf16
                      else "pip install openvino")
     mode = "bf16 where the accuracy guard allows" if env.cpu_bf16 else "fp32 (the CPU has no AVX-512 BF16 or AMX)"
-    return Check("OpenVINO", OK, f"{env.openvino_version}, {mode}; CPU: {isa}")
+    try:
+        int8 = f"INT8 models by NNCF {importlib.metadata.version('nncf')} (`segengine build --backend openvino --int8`)"
+    except importlib.metadata.PackageNotFoundError:
+        int8 = "no INT8 (`pip install -e '.[int8]'` for NNCF)"
+    return Check("OpenVINO", OK, f"{env.openvino_version}, {mode}; {int8}; CPU: {isa}")
 
 
 def _pyav() -> list[Check]:
