@@ -16,6 +16,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from segengine.backends.probe import cpu_isa, has_bf16
 from segengine.geometry import letterbox
 from segengine.graph.instances import InstanceDecode
 from segengine.graph.nms import ITERATIONS, greedy_nms, suppression
@@ -132,6 +133,24 @@ def test_new_equals_old_on_openvino(graphs: tuple[_Runner, _Runner]) -> None:
         want = old(case)
         np.testing.assert_array_equal(new(case, "ov"), want)
         np.testing.assert_array_equal(old(case, "ov"), want)
+
+
+@needs_openvino
+@pytest.mark.skipif(not has_bf16(cpu_isa()), reason="needs a CPU with native bf16 (OpenVINO's bf16 mode)")
+def test_openvino_bf16_keeps_the_nms_in_f32(graphs: tuple[_Runner, _Runner], tmp_path: Path) -> None:
+    """OpenVINO's bf16 mode lowers a MatMul and the float arithmetic leading to it; the NMS has no
+    MatMul, so its IoU stays f32 and its answer is fp32's, as the old NonMaxSuppression's was."""
+    import openvino as ov
+
+    _, old = graphs
+    compiled = ov.Core().compile_model(str(_export(_New(), tmp_path / "new.onnx")), "CPU",
+                                       {"INFERENCE_PRECISION_HINT": "bf16"})
+    lowered = [op.get_friendly_name() for op in compiled.get_runtime_model().get_ops()
+               if op.get_rt_info()["runtimePrecision"].astype(str) == "bf16"]
+    assert not lowered
+    for case in cases():
+        got = next(iter(compiled(dict(zip(("boxes", "classes", "scores"), case))).values()))
+        np.testing.assert_array_equal(got, old(case))
 
 
 def test_the_old_reference_is_greedy_nms(graphs: tuple[_Runner, _Runner]) -> None:
