@@ -6,20 +6,22 @@ import torch
 
 from segengine.geometry import letterbox
 from segengine.graph.heads import class_map
-from segengine.graph.instances import MAX_WH, InstanceDecode
-from segengine.graph.nms import nms_mask
+from segengine.graph.instances import InstanceDecode
+from tests.nms_reference import old_keep
 
 
-def _plain(d: InstanceDecode, pred: torch.Tensor, protos: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """The decode as it was written first: every candidate's class scores, boxes and masks in full."""
+def _plain(d: InstanceDecode, pred: torch.Tensor, protos: torch.Tensor,
+           candidates: int | None = None) -> tuple[torch.Tensor, ...]:
+    """The decode as it was written first: every candidate's class scores, boxes and masks in full,
+    and the old NMS (class offsets, NonMaxSuppression in ONNX)."""
     p = pred[0]
     cls_scores = p[:, 4:5] * p[:, 5:5 + d.nc]
     coeffs = p[:, 5 + d.nc:]
     conf, cls = cls_scores.max(dim=1)
     boxes = torch.cat([p[:, :2] - p[:, 2:4] / 2, p[:, :2] + p[:, 2:4] / 2], dim=1)
-    conf, idx = conf.topk(min(d.candidates, conf.shape[0]))
+    conf, idx = conf.topk(min(candidates or d.candidates, conf.shape[0]))
     boxes, cls, coeffs = boxes[idx], cls[idx], coeffs[idx]
-    keep = nms_mask(boxes + cls.unsqueeze(1).float() * MAX_WH, conf, d.iou, d.conf)
+    keep = old_keep(boxes, cls, conf, d.iou, d.conf)
     scores, idx = (conf * keep).topk(d.top_k)
     valid = scores > 0
     boxes, coeffs = boxes[idx], coeffs[idx]
@@ -57,6 +59,30 @@ def test_decode_equals_the_plain_formulation() -> None:
         assert (want[1] > 0).sum() > 0 or hot == 0
         for name, a, b in zip(("boxes", "scores", "classes", "masks"), got, want):
             assert torch.equal(a, b), name
+
+
+def test_300_candidates_give_what_1000_gave_until_300_pass_the_threshold() -> None:
+    """K = 300 (was 1000): boxes ranked past 300 score below every box before them, so they could
+    only reach the top_k output when fewer than top_k of the first 300 survive NMS."""
+    d = InstanceDecode(letterbox((540, 960)), 80)
+    for seed, hot in ((3, 60), (4, 250)):
+        pred, protos = _yolo(15120, 80, seed, hot)
+        pred[0, :, 4] = pred[0, :, 4].clamp(max=0.2)  # only the hot ones pass 0.25
+        pred[0, torch.randperm(15120, generator=torch.Generator().manual_seed(seed))[:hot], 4] = 0.95
+        got, want = d(pred, protos), _plain(d, pred, protos, candidates=1000)
+        for name, a, b in zip(("boxes", "scores", "classes", "masks"), got, want):
+            assert torch.equal(a, b), name
+    pred, protos = _yolo(15120, 80, 5, 3000)  # 4913 pass, and 100 of the first 300 survive
+    assert all(torch.equal(a, b) for a, b in zip(d(pred, protos), _plain(d, pred, protos, candidates=1000)))
+    # Where the cut shows: 400 duplicates of one car outrank 50 other cars.
+    pred = torch.zeros(1, 15120, 5 + 80 + 32)
+    pred[0, :, :4] = torch.tensor([320.0, 192.0, 20.0, 20.0])
+    pred[0, :450, 5] = 1.0
+    pred[0, :400, 4] = torch.linspace(0.99, 0.6, 400)
+    pred[0, 400:450, 0], pred[0, 400:450, 1] = torch.arange(50) * 12.0 + 16, 40.0  # in a row above
+    pred[0, 400:450, 4] = 0.5
+    assert (d(pred, protos)[1] > 0).sum() == 1
+    assert (_plain(d, pred, protos, candidates=1000)[1] > 0).sum() == 51
 
 
 def test_every_detection_above_the_threshold_is_kept() -> None:

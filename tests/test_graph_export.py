@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import torch
 
@@ -16,12 +17,28 @@ from segengine.graph.readout import masks_to_frame
 from segengine.graph.spec import GraphSpec
 from segengine.models import zoo
 from tests.factories import onnx_backend
+from tests.test_graph_nms import assert_static
+from tests.test_graph_preprocess import assert_frame_cast_to_float
 
 
 @pytest.fixture(scope="module")
-def road(dirs: zoo.WeightDirs, highway_frame: np.ndarray, tmp_path_factory: pytest.TempPathFactory):
+def road_file(dirs: zoo.WeightDirs, highway_frame: np.ndarray, tmp_path_factory: pytest.TempPathFactory):
     graph = build_graph("road", highway_frame.shape[:2], dirs)
-    return graph, onnx_backend(export_graph(graph, tmp_path_factory.mktemp("g") / "road.onnx"))
+    return graph, export_graph(graph, tmp_path_factory.mktemp("g") / "road.onnx")
+
+
+@pytest.fixture(scope="module")
+def road(road_file):
+    graph, path = road_file
+    return graph, onnx_backend(path)
+
+
+def test_the_road_graph_has_static_shapes_and_casts_the_frame_to_float(road_file) -> None:
+    """What TensorRT needs to run it without a shape copy to the host (no NonMaxSuppression or
+    NonZero, every shape known from the input's) and to accept the uint8 frame at all."""
+    model = onnx.load(str(road_file[1]))
+    assert_static(model)
+    assert_frame_cast_to_float(model)
 
 
 def test_road_graph_on_onnxruntime_equals_torch(road, highway_frame: np.ndarray) -> None:

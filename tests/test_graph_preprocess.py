@@ -95,9 +95,34 @@ def test_resize_graph_is_integer_gathers_and_divisions(tmp_path: Path, size: tup
     ops = Counter(n.op_type for n in onnx.load(str(path)).graph.node)
     assert ops["Gather"] == gathers and ops["Div"] == divs, ops
     assert not {"GatherND", "Transpose", "Floor", "Sign", "Abs"} & set(ops), ops
-    assert ops["Cast"] == 1  # uint8 → int32, once
+    assert ops["Cast"] == 2  # uint8 → float32 → int32, once each
+    assert_frame_cast_to_float(onnx.load(str(path)))
     got = ort.InferenceSession(str(path)).run(None, {"frame": image[None]})[0][0]
     np.testing.assert_array_equal(got, cv2.resize(image, (640, 360), interpolation=cv2.INTER_LINEAR))
+
+
+def assert_frame_cast_to_float(model: onnx.ModelProto) -> None:
+    """The uint8 frame goes into nothing but a Cast to float32, and that comes first: TensorRT
+    converts uint8 to float32/float16 only (10.0-10.5 may refuse the graph otherwise)."""
+    frame = model.graph.input[0]
+    assert frame.type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    users = [n for n in model.graph.node if frame.name in n.input]
+    assert model.graph.node[0] in users and users
+    for node in users:
+        assert node.op_type == "Cast", node.op_type
+        assert next(a.i for a in node.attribute if a.name == "to") == onnx.TensorProto.FLOAT
+
+
+@pytest.mark.parametrize("frame_size", [(540, 960), (360, 640)])  # resized, already the model's size
+def test_the_frame_is_cast_to_float_first(tmp_path: Path, frame_size: tuple[int, int]) -> None:
+    image = np.random.default_rng(5).integers(0, 256, (*frame_size, 3), dtype=np.uint8)
+    module = FramePreprocess(stretch(frame_size, (360, 640)), Preprocess(resize="stretch"))
+    path = tmp_path / "pre.onnx"
+    export_module(module, (torch.from_numpy(image)[None],), path, ("frame",), ("x",))
+    model = onnx.load(str(path))
+    assert_frame_cast_to_float(model)
+    got = ort.InferenceSession(str(path)).run(None, {"frame": image[None]})[0]
+    np.testing.assert_array_equal(got, _run(module, image))
 
 
 def test_letterbox_placement() -> None:

@@ -50,7 +50,8 @@ def _stub(log: list, plan: bytes | None = b"PLAN", engine_ok: bool = True, conte
             pass
 
     trt.ILogger, trt.IProgressMonitor, trt.IInt8EntropyCalibrator2 = ILogger, IProgressMonitor, IInt8EntropyCalibrator2
-    trt.BuilderFlag = enum.Enum("BuilderFlag", "FP16 INT8")
+    trt.BuilderFlag = enum.Enum("BuilderFlag", "FP16 INT8 PREFER_PRECISION_CONSTRAINTS")
+    trt.float32, trt.float16, trt.int32 = np.dtype(np.float32), np.dtype(np.float16), np.dtype(np.int32)
     trt.MemoryPoolType = enum.Enum("MemoryPoolType", "WORKSPACE")
     trt.TensorIOMode = enum.Enum("TensorIOMode", "INPUT OUTPUT")
     trt.nptype = lambda dtype: dtype  # the stub's dtypes are numpy dtypes already
@@ -97,12 +98,41 @@ def _stub(log: list, plan: bytes | None = b"PLAN", engine_ok: bool = True, conte
         def set_shape(self, name, low, opt, high) -> None:
             self.shapes[name] = (tuple(low), tuple(opt), tuple(high))
 
+    class Tensor:
+        def __init__(self, dtype) -> None:
+            self.dtype = dtype
+
+    class Layer:
+        """Named as the ONNX parser names layers: after their node."""
+
+        def __init__(self, name: str, dtype) -> None:
+            self.name, self.precision, self.outputs = name, None, [Tensor(dtype)]
+            self.num_outputs = 1
+
+        def get_output(self, j: int) -> Tensor:
+            return self.outputs[j]
+
+        def set_output_type(self, j: int, dtype) -> None:
+            self.outputs[j].dtype = dtype
+            log.append(("output type", self.name, dtype.name))
+
+    class Network:
+        def __init__(self) -> None:
+            self.layers = [Layer("twinlitenet/pre/node_index_select", trt.int32),
+                           Layer("twinlitenet/pre/node_mul_4", trt.float32),
+                           Layer("yolov5s-seg/net/model.0/conv/Conv", trt.float32),
+                           Layer("yolov5s-seg/post/node_div", trt.float16)]
+            self.num_layers = len(self.layers)
+
+        def get_layer(self, i: int) -> Layer:
+            return self.layers[i]
+
     class Builder:
         def __init__(self, logger) -> None:
             self.logger = logger
 
-        def create_network(self, flags: int) -> str:
-            return "network"
+        def create_network(self, flags: int) -> Network:
+            return Network()
 
         def create_builder_config(self) -> Config:
             return Config()
@@ -112,6 +142,7 @@ def _stub(log: list, plan: bytes | None = b"PLAN", engine_ok: bool = True, conte
 
         def build_serialized_network(self, network, config: Config):
             log.append(("flags", tuple(config.flags)))
+            log.append(("precisions", {layer.name: layer.precision for layer in network.layers}))
             monitor = config.progress_monitor
             monitor.phase_start("Building engine", None, 2)
             during_build()  # where a Ctrl-C lands: inside the build, between two steps
@@ -259,7 +290,12 @@ def test_int8_feeds_the_calibrator_and_stores_its_table(wired, tmp_path: Path) -
     table = CalibrationTable(tmp_path / "calib.table")
     trt_backend.build_serialized(graph, precision="int8", workspace_gb=1, profile=PROFILE, timing_cache=tmp_path / "t",
                                  progress=BuildProgress(io.StringIO(), heartbeat=0), feeder=feeder, table=table)
-    assert ("flags", ("FP16", "INT8")) in log and ("calibrated", 1, 3) in log
+    assert ("flags", ("FP16", "INT8", "PREFER_PRECISION_CONSTRAINTS")) in log and ("calibrated", 1, 3) in log
+    # Only the networks are quantised: float pre/post-processing layers are asked for FP32.
+    f32 = np.dtype(np.float32)
+    assert ("precisions", {"twinlitenet/pre/node_index_select": None, "twinlitenet/pre/node_mul_4": f32,
+                           "yolov5s-seg/net/model.0/conv/Conv": None, "yolov5s-seg/post/node_div": f32}) in log
+    assert ("output type", "yolov5s-seg/post/node_div", "float32") in log
     assert ("calibration profile", {"frame": PROFILE[0][1:]}) in log and table.read() == b"table"
     feeder.close()
 

@@ -18,6 +18,7 @@ from segengine.backends.build_progress import BuildProgress
 from segengine.backends.calibration import CalibrationFeeder, CalibrationTable
 from segengine.backends.cuda import Memory, Stream
 from segengine.backends.engine_cache import ProfileEntry
+from segengine.backends.int8_scope import keep_outside_networks_fp32
 from segengine.backends.streamed import IOSpec, StreamedRuntime, TensorSpec
 from segengine.errors import BackendError
 
@@ -106,6 +107,10 @@ def build_serialized(onnx_path: Path, *, precision: str, workspace_gb: float, pr
         if feeder is None or table is None:
             raise BackendError("an INT8 build needs calibration frames (--calib SOURCE)")
         config.set_flag(trt.BuilderFlag.INT8)
+        # Calibrate and quantise the networks only: pre/post-processing (resize, box decode,
+        # NMS, masks) asked to stay FP32 (segengine.backends.int8_scope says why).
+        if keep_outside_networks_fp32(network, trt):
+            config.set_flag(trt.BuilderFlag.PREFER_PRECISION_CONSTRAINTS)
         config.int8_calibrator = _calibrator(feeder, table)
         config.set_calibration_profile(shapes)
     cache_bytes = timing_cache.read_bytes() if timing_cache.is_file() else b""

@@ -12,14 +12,14 @@ import torch
 
 from segengine.errors import ConfigError
 from segengine.geometry import letterbox, stretch
-from segengine.graph import intdiv, nms
+from segengine.graph import intdiv
 from segengine.graph.heads import Head, InstanceHead, LaneHead, SemanticHead
 from segengine.graph.naming import name_nodes
 from segengine.graph.spec import INPUT_NAME, GraphSpec, InputSpec
 from segengine.models import zoo
 
-# Our own ops and their ONNX: NMS, exact integer division.
-TRANSLATIONS = {**nms.TRANSLATIONS, **intdiv.TRANSLATIONS}
+# Our own ops and their ONNX: exact integer division.
+TRANSLATIONS = dict(intdiv.TRANSLATIONS)
 
 PRESETS: dict[str, tuple[str, ...]] = {
     "road": ("twinlitenet", "yolov5s-seg"),
@@ -107,7 +107,7 @@ def export_raw(model: str, path: Path, dirs: zoo.WeightDirs | None = None) -> Pa
 
 def export_module(module: torch.nn.Module, examples: tuple[torch.Tensor, ...], path: Path,
                   input_names: Sequence[str], output_names: Sequence[str]) -> None:
-    """Export ``module`` at the examples' static shapes, with our NMS op translated."""
+    """Export ``module`` at the examples' static shapes, with our own ops translated."""
     # The exporter narrates its steps and warns about optional packages (torchvision) we do
     # not use; users only need our own messages.
     for name in ("torch.onnx", "torch.export", "onnxscript"):

@@ -5,7 +5,8 @@ Every upstream model here was trained and evaluated on frames resized by OpenCV'
 bias (OpenCV works in 11-bit fixed point and truncates between its two passes), and
 that is enough to flip detections that sit on a threshold. So the resize here repeats
 OpenCV's integer arithmetic exactly, in int32 graph ops (gathers, multiplies, divides)
-that ONNX Runtime and TensorRT both run.
+that ONNX Runtime and TensorRT both run. The frame is cast to float32 first of all, since
+TensorRT converts uint8 to nothing else.
 """
 
 from __future__ import annotations
@@ -70,7 +71,10 @@ class OpenCVLinearResize(torch.nn.Module):
             self.register_buffer(f"yw{i}_lo", (w % 64).view(1, -1, 1, 1), persistent=False)
 
     def forward(self, frame: torch.Tensor) -> torch.Tensor:
-        x = frame.to(torch.int32)
+        # Through float32 (exact for 0..255): TensorRT converts uint8 only to and from
+        # float32/float16, and 10.0-10.5 may refuse a uint8 → int32 cast, and the graph with it.
+        # The arithmetic stays in int32, which no fp16 engine narrows (float would overflow it).
+        x = frame.to(torch.float32).to(torch.int32)
         # index_select exports as one Gather per pass (indexing as x[:, :, i] exports as
         # GatherND between two full-size Transposes).
         # Horizontal pass: exact integers scaled by 2048 (at most 255 * 2048).
@@ -116,7 +120,9 @@ class FramePreprocess(torch.nn.Module):
         p = self.placement
         if p.resized != p.frame_size:
             frame = self.resize(frame)
-        x = frame.permute(0, 3, 1, 2).float()
+        # Cast before the permute: a frame already at the model's size is still uint8 here, and
+        # TensorRT transposes no uint8.
+        x = frame.float().permute(0, 3, 1, 2)
         if p.resized != p.input_size:
             bottom = p.input_size[0] - p.resized[0] - p.top
             right = p.input_size[1] - p.resized[1] - p.left
