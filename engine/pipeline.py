@@ -179,7 +179,7 @@ class Pipeline:
                         self._results.put(FrameResult(frame, inferred=False))
                     continue
                 t0 = time.perf_counter()
-                if pending and self._backend is not None and self._frame_size() != frame.size:
+                if pending and resized:
                     self._collect(pending)  # the frame size changed: finish with the old graph first
                 backend = self._backend_for(frame.size)
                 t1 = time.perf_counter()

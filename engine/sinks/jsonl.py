@@ -65,10 +65,15 @@ MaskChoice = Literal["all", "instances", "none"]
 MASK_CHOICES: tuple[MaskChoice, ...] = ("all", "instances", "none")
 
 
-def to_record(result: FrameResult, masks: MaskChoice = "all") -> dict[str, Any]:
-    """The JSON-ready object for one frame (see the module docstring)."""
+def _check_masks(masks: str) -> MaskChoice:
     if masks not in MASK_CHOICES:
         raise SinkError(f"JSON masks {masks!r}: choose one of {', '.join(MASK_CHOICES)}")
+    return masks  # type: ignore[return-value]
+
+
+def to_record(result: FrameResult, masks: MaskChoice = "all") -> dict[str, Any]:
+    """The JSON-ready object for one frame (see the module docstring)."""
+    _check_masks(masks)
     frame = result.frame
     return {"schema": SCHEMA,
             "frame": frame.index,
@@ -87,9 +92,7 @@ class JsonlSink:
     layers' masks are written (see the module docstring)."""
 
     def __init__(self, target: str | os.PathLike[str] | IO[str], *, masks: MaskChoice = "all") -> None:
-        if masks not in MASK_CHOICES:
-            raise SinkError(f"JSON masks {masks!r}: choose one of {', '.join(MASK_CHOICES)}")
-        self.masks: MaskChoice = masks
+        self.masks = _check_masks(masks)
         self._stream: IO[str] | None = None
         self._file: Any = None  # unbuffered binary file when we own a path
         self._good = 0  # bytes known to end on a whole line

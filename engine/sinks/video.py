@@ -102,6 +102,7 @@ class VideoSink:
         self._container: av.container.OutputContainer | None = None
         self._stream: av.video.stream.VideoStream | None = None
         self._pad: np.ndarray | None = None  # reused even-sized canvas for odd inputs
+        self._yuv: np.ndarray | None = None  # reused I420 buffer: one conversion target for every frame
         self._size: tuple[int, int] | None = None  # (height, width) of the input frames
         self._closed = False
         self.frames_written = 0
@@ -181,8 +182,9 @@ class VideoSink:
         elif (height, width) != self._size:
             raise SinkError(f"video {self.path}: frame {result.frame.index} is {width}x{height} "
                             f"but the video is {self._size[1]}x{self._size[0]}")
-        yuv = cv2.cvtColor(np.ascontiguousarray(self._even(image)), cv2.COLOR_RGB2YUV_I420)  # BT.601, 16-235
-        frame = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
+        # BT.601, 16-235, into the same buffer each frame (from_ndarray copies it into the frame)
+        self._yuv = cv2.cvtColor(np.ascontiguousarray(self._even(image)), cv2.COLOR_RGB2YUV_I420, dst=self._yuv)
+        frame = av.VideoFrame.from_ndarray(self._yuv, format="yuv420p")
         frame.pts = self._ticks(result.frame.pts)
         frame.time_base = self.time_base
         self._encode(frame)
