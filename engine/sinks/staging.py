@@ -1,0 +1,64 @@
+"""Outputs written under a temporary name beside their target, renamed into place on success.
+
+A run that fails early, or is killed, never touches an existing file of the target's name: what
+it wrote stays under ``<stem>.<random>.partial<suffix>`` in the same folder (the same filesystem,
+so the final rename is atomic), with the target's suffix so players and readers still open it.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import tempfile
+from pathlib import Path
+
+from segengine.errors import SinkError
+
+PARTIAL = ".partial"
+
+
+def _umask() -> int:
+    # os.umask can only be read by setting it; this runs once per output, before any thread writes.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def open_error(what: str, path: Path, exc: OSError) -> SinkError:
+    """The message for an output that cannot be created, with the fix."""
+    if exc.errno == errno.ENOSPC:
+        return SinkError(f"cannot write {what} {path}: the disk is full; free space or choose another folder")
+    if isinstance(exc, FileNotFoundError):
+        return SinkError(f"cannot write {what} {path}: folder {path.parent} does not exist; create it first")
+    if isinstance(exc, PermissionError):
+        return SinkError(f"cannot write {what} {path}: permission denied; choose a folder you can write to")
+    return SinkError(f"cannot write {what} {path}: {exc.strerror or exc}")
+
+
+class StagedFile:
+    """A new, empty file beside ``target`` to write into; ``commit()`` renames it to ``target``
+    (replacing what was there), ``discard()`` removes it. Creating it proves the folder is
+    writable, so a bad output fails before any frame is read."""
+
+    def __init__(self, target: str | os.PathLike[str], what: str = "output") -> None:
+        self.target = Path(target)
+        if self.target.is_dir():
+            raise SinkError(f"cannot write {what} {self.target}: it is a folder; give a file name")
+        try:
+            fd, name = tempfile.mkstemp(prefix=f"{self.target.stem}.", suffix=PARTIAL + self.target.suffix,
+                                        dir=self.target.parent)
+        except OSError as exc:
+            raise open_error(what, self.target, exc) from exc
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would make the finished output private
+        os.close(fd)
+        self.path = Path(name)
+        self.done = False
+
+    def commit(self) -> Path:
+        os.replace(self.path, self.target)
+        self.done = True
+        return self.target
+
+    def discard(self) -> None:
+        self.path.unlink(missing_ok=True)
+        self.done = True
