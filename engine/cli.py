@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from segengine.errors import ConfigError, EngineError
+from segengine.errors import ConfigError, EngineError, OutOfMemory, SinkError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_SIGINT = 0, 1, 2, 130
 
@@ -23,7 +23,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     _stack_dumps_on_sigusr1()
     try:
         return args.func(args) or EXIT_OK
-    except EngineError as exc:
+    except OutOfMemory as exc:  # at start-up too (a TensorRT build): the machine's limit, not the user's input
+        print(f"segengine: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except EngineError as exc:  # the commands return EXIT_FAILED themselves for failures while processing
         print(f"segengine: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
@@ -76,6 +79,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json-masks", choices=("all", "instances", "none"),
                    help="which masks --json writes as RLE: all (also the maps), instances (default), none")
     p.add_argument("--images-out", type=Path, help="write overlaid frames as images into this folder")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace existing outputs (only once the run has finished; without it they are refused)")
     p.add_argument("--preset", help="road (default), street, or a single model name")
     p.add_argument("--model", type=Path, help="your own YOLO-seg or semantic ONNX model instead of a preset")
     p.add_argument("--classes", type=Path, help="class names for --model (one per line, or a JSON list)")
@@ -111,6 +116,8 @@ def _parser() -> argparse.ArgumentParser:
                        description="Track saved detections offline; the tracks come out in the input's format.")
     p.add_argument("detections", type=Path, help="a MOT det.txt, a MOTS txt or a segengine --json file")
     p.add_argument("-o", "--output", type=Path, required=True, help="the tracks file to write")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing tracks file (only once tracking has finished)")
     p.add_argument("--format", default="auto", choices=("auto", "mot", "mots", "jsonl"),
                    help="the input's format (default: from the name and the first line)")
     p.add_argument("--fps", type=float, help="MOT/MOTS frame rate (default: seqinfo.ini's frameRate, else 25)")
@@ -293,14 +300,21 @@ _TRACKER_FLAGS = {"high": "high_score", "low": "low_score", "new_track": "new_tr
 
 
 def _track(args: argparse.Namespace) -> int:
+    from segengine.sinks.outputs import check_outputs
     from segengine.tracking.mask_tracker import TrackerConfig
     from segengine.tracking.offline import track_file
+
+    check_outputs({"--output": args.output}, [args.detections], overwrite=args.overwrite)
 
     options = {name: getattr(args, flag) for flag, name in _TRACKER_FLAGS.items() if getattr(args, flag) is not None}
     if args.no_smooth:
         options["smoothing"] = 0.0
-    summary = track_file(args.detections, args.output, fmt=args.format, fps=args.fps,
-                         config=TrackerConfig(**options), progress=False if args.quiet else None)
+    try:
+        summary = track_file(args.detections, args.output, fmt=args.format, fps=args.fps,
+                             config=TrackerConfig(**options), progress=False if args.quiet else None)
+    except SinkError as exc:  # the tracks file could not be written (disk full): a failure while running
+        print(f"segengine: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     if not args.quiet:
         print(summary.line())
     return EXIT_OK

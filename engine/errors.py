@@ -37,3 +37,7 @@ class DownloadError(ModelError, OSError):
 
 class SinkError(EngineError, OSError):
     """An output (video file, JSON lines, window, image folder) could not be opened or written."""
+
+
+class OutOfMemory(BackendError, MemoryError):
+    """The model did not fit in the GPU's (or the machine's) memory at this frame size."""

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from segengine.backends.base import Backend, BackendOptions, Pipelined
+from segengine.backends.memory import is_out_of_memory, out_of_memory
 from segengine.backends.registry import Choice, choose, open_backend, prepare_for
 from segengine.capture.base import Source, SourceOptions, SourceTimeout
 from segengine.capture.factory import open_source
@@ -36,7 +37,7 @@ from segengine.layers.stages import LayerStages
 from segengine.models import zoo
 from segengine.render.base import Renderer
 from segengine.render.compose import LayerRenderer
-from segengine.sinks.base import Sink
+from segengine.sinks.base import Sink, finish
 from segengine.stage import Stage
 from segengine.stats import RunStats
 from segengine.tracking.base import Tracker
@@ -90,6 +91,7 @@ class Pipeline:
         self._infer_thread = threading.Thread(target=self._infer_loop, name="segengine-infer", daemon=True)
         self._backend: Backend | None = self._given
         self._started = self._closed = False
+        self.kept: list[Path] = []  # partial outputs a failed run left beside their targets
         self._done_times: deque[float] = deque(maxlen=30)  # for the HUD's fps over the last frames
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -113,18 +115,20 @@ class Pipeline:
         try:
             return self.start()
         except BaseException:
-            self.close()  # __exit__ will not run: finalise the sinks here
+            self.close(failed=True)  # __exit__ will not run: finalise the sinks here
             raise
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        self.close(failed=exc_type is not None)
 
     def stop(self) -> None:
         """Ask every stage to stop; returns at once."""
         self._stop.set()
 
-    def close(self) -> None:
-        """Stop all threads (bounded by the deadline) and finalise every sink. Idempotent."""
+    def close(self, failed: bool = False) -> None:
+        """Stop all threads (bounded by the deadline) and finalise every sink. Idempotent. ``failed``:
+        the run ended in an error, so file sinks keep what they wrote beside their targets (listed
+        in ``kept``) instead of replacing them."""
         if self._closed:
             return
         self._closed = True
@@ -137,7 +141,9 @@ class Pipeline:
         errors = []
         for sink in self.sinks:
             try:
-                sink.close()
+                kept = finish(sink, failed)
+                if kept is not None:
+                    self.kept.append(kept)
             except Exception as exc:  # one sink failing must not keep the others from finalising
                 errors.append(exc)
         if self._backend is not None and self._backend is not self._given and not self._infer_thread.is_alive():
@@ -197,7 +203,15 @@ class Pipeline:
             self._results.finish(EndOfStream("the pipeline's input ended"))
         except BaseException as exc:  # handed to the caller's thread, re-raised there
             self._salvage(pending)
-            self._results.finish(exc)
+            self._results.finish(self._explained(exc))
+
+    def _explained(self, exc: BaseException) -> BaseException:
+        """An out-of-memory error, whoever raised it, named with the model and frame size."""
+        if not is_out_of_memory(exc):
+            return exc
+        if self._backend is not None:
+            return out_of_memory(exc, self.choice.name, (self._backend.spec.name,), self._frame_size())
+        return out_of_memory(exc, self.choice.name, self.target.models(), self.info.size or (0, 0))
 
     def _salvage(self, pending: deque[tuple[Frame, float, bool]]) -> None:
         """After a failure (a camera unplugged mid-file), the frames already in flight are still

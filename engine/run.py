@@ -14,16 +14,21 @@ from segengine.backends.base import BackendOptions
 from segengine.capture.base import SourceOptions
 from segengine.capture.factory import open_source
 from segengine.capture.redact import Redactor
-from segengine.errors import ConfigError
+from segengine.errors import ConfigError, DownloadError, EngineError, ModelError
 from segengine.graph.prepare import GraphTarget
 from segengine.interval import check_interval
 from segengine.logs import configure as configure_logging
 from segengine.pipeline import Pipeline
+from segengine.sinks.base import finish
 from segengine.sinks.factory import open_sinks
+from segengine.sinks.outputs import check_outputs, input_paths
 
-# 3: the run finished, but the input was damaged (corrupt frames skipped, or a file that ended
-# before its declared length): the outputs are complete for what could be read.
-EXIT_OK, EXIT_DAMAGED, EXIT_SIGINT, EXIT_SIGTERM = 0, 3, 130, 143
+# Exit codes, one meaning each (README "Exit codes"): 0 done; 1 the engine or an output failed
+# while running (disk full, out of memory, reconnects given up); 2 bad usage or bad input, found
+# before any frame was processed (cli.py); 3 done, but the input was damaged (corrupt frames
+# skipped, or a file that ended before its declared length): the outputs are complete for what
+# could be read; 130/143 stopped by SIGINT/SIGTERM, outputs finalised.
+EXIT_OK, EXIT_FAILED, EXIT_DAMAGED, EXIT_SIGINT, EXIT_SIGTERM = 0, 1, 3, 130, 143
 
 
 class _Signals:
@@ -76,16 +81,29 @@ def run(args: argparse.Namespace) -> int:
         model_names(args.preset or "road")
     if args.json_masks is not None and args.json is None:
         raise ConfigError("--json-masks says what --json writes: add --json FILE, or leave it out")
+    inputs = input_paths(args.source)
+    check_outputs({"--output": args.output, "--json": args.json}, inputs, overwrite=args.overwrite,
+                  folders={"--images-out": args.images_out})  # before the source opens: nothing is read twice
     source = open_source(args.source, loop=args.loop, options=source_options(args))
     source.open()
     info = source.info
-    sinks = open_sinks(output=args.output, json=args.json, show=args.show, image_dir=args.images_out, info=info,
-                       json_masks=args.json_masks or "instances")
     dirs = WeightDirs.from_env(args.model_dir)
-    pipeline = Pipeline(source, preset=args.preset, model=args.model, classes=args.classes, backend=args.backend,
-                        sinks=sinks, render=bool(args.output or args.show or args.images_out),
-                        max_frames=args.max_frames, dirs=dirs, interval=interval,
-                        options=BackendOptions(precision=args.precision, dirs=dirs))
+    try:
+        sinks = open_sinks(output=args.output, json=args.json, show=args.show, image_dir=args.images_out, info=info,
+                           json_masks=args.json_masks or "instances", inputs=inputs, overwrite=args.overwrite)
+    except BaseException:
+        source.close()
+        raise
+    try:
+        pipeline = Pipeline(source, preset=args.preset, model=args.model, classes=args.classes, backend=args.backend,
+                            sinks=sinks, render=bool(args.output or args.show or args.images_out),
+                            max_frames=args.max_frames, dirs=dirs, interval=interval,
+                            options=BackendOptions(precision=args.precision, dirs=dirs))
+    except BaseException:  # e.g. a backend this machine lacks: no output was touched, none is left
+        for sink in sinks:
+            finish(sink, failed=True)
+        source.close()
+        raise
     if not args.quiet:
         print(f"segengine: {info.name} → backend {pipeline.choice.name} ({pipeline.choice.reason})", file=sys.stderr)
     total = info.frame_count
@@ -95,6 +113,11 @@ def run(args: argparse.Namespace) -> int:
     with _Signals(pipeline) as signals:
         try:
             pipeline.run(on_result=lambda _r: bar.update())
+        except EngineError as exc:
+            if isinstance(exc, (ConfigError, ModelError)) and not isinstance(exc, DownloadError):
+                raise  # bad input after all (a model that fails to build for this size): exit 2
+            bar.close()
+            return _failed(exc, pipeline)
         finally:
             bar.close()
     if not args.quiet:
@@ -105,3 +128,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"segengine: the input was damaged: {pipeline.stats.source.line()}", file=sys.stderr)
         return EXIT_DAMAGED
     return EXIT_OK
+
+
+def _failed(exc: EngineError, pipeline: Pipeline) -> int:
+    """A failure while running (exit 1): what failed, how far the run got, where its output is."""
+    print(f"segengine: error: {exc}", file=sys.stderr)
+    print(f"segengine: {pipeline.stats.frames} frames were processed before the failure", file=sys.stderr)
+    for path in pipeline.kept:
+        print(f"segengine: kept what was written in {path} (the target was left as it was)", file=sys.stderr)
+    return EXIT_FAILED

@@ -14,14 +14,16 @@ from pathlib import Path
 import av
 import pytest
 
+from segengine.sinks.staging import partial_of
 from tests.live_servers import RtspServer, rtsp_unavailable
 
 pytestmark = pytest.mark.skipif(rtsp_unavailable() is not None, reason=str(rtsp_unavailable()))
 PASSWORD = "Pa55-w0rd-xyz"
 
 
-def _lines(path: Path) -> list[dict]:
-    if not path.exists():
+def _lines(target: Path) -> list[dict]:
+    path = partial_of(target)  # written beside the target until the run ends
+    if path is None:
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
 
@@ -63,7 +65,8 @@ def test_run_on_rtsp_survives_a_server_restart_and_never_shows_the_password(
                 proc.kill()
                 proc.communicate()
     assert proc.returncode == 130, stderr[-3000:]
-    lines = _lines(js)
+    assert partial_of(js) is None  # a stop by signal is a finished run: renamed onto the target
+    lines = [json.loads(line) for line in js.read_text().splitlines()]
     assert lines[-1]["source"]["reconnects"] >= 1 and lines[-1]["source"]["gaps"] >= 1
     pts = [line["pts"] for line in lines]
     assert all(b > a for a, b in zip(pts, pts[1:]))  # one timeline across the restart

@@ -21,6 +21,7 @@ from segengine.errors import SourceError
 from segengine.models import zoo
 from segengine.pipeline import Pipeline
 from segengine.sinks.jsonl import JsonlSink, read_jsonl
+from segengine.sinks.staging import partial_of
 from segengine.types import Frame, SourceInfo, SourceStatus
 
 
@@ -125,7 +126,10 @@ def test_a_failing_source_is_reraised_and_outputs_are_finalised(dirs: zoo.Weight
         with Pipeline(_Failing(), sinks=[sink], dirs=dirs) as pipeline:
             for _ in pipeline:
                 pass
-    assert len(list(read_jsonl(tmp_path / "f.jsonl"))) == 3
+    # A failed run leaves the target alone and keeps what it wrote beside it.
+    assert not (tmp_path / "f.jsonl").exists()
+    assert pipeline.kept == [partial_of(tmp_path / "f.jsonl")]
+    assert len(list(read_jsonl(pipeline.kept[0]))) == 3
     assert not _engine_threads()
 
 
@@ -137,7 +141,8 @@ def test_signal_mid_run_leaves_playable_outputs(sig: int, code: int, shared: Pat
     proc = subprocess.Popen([sys.executable, "-m", "segengine.cli", "run", str(video), "-o", str(out),
                              "--json", str(js)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
-    while (not js.exists() or len(js.read_text().splitlines()) < 5) and time.monotonic() < deadline:
+    while ((partial := partial_of(js)) is None or len(partial.read_text().splitlines()) < 5) \
+            and time.monotonic() < deadline:
         assert proc.poll() is None, proc.communicate()[1]
         time.sleep(0.2)
     sent = time.monotonic()

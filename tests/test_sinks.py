@@ -218,11 +218,13 @@ def test_jsonl_schema_round_trip_and_flush(tmp_path: Path) -> None:
     results = [_result(0, 0.0), unfitted, bare]
     for r in results:
         sink.write(r)
-    lines = path.read_text().splitlines(keepends=True)  # before close: every line already on disk
+    assert not path.exists()  # written beside the target until close
+    lines = sink.writing_to.read_text().splitlines(keepends=True)  # before close: every line already on disk
     assert len(lines) == 3 and all(line.endswith("\n") for line in lines)
+    sink.close()
+    sink.close()
     records = list(read_jsonl(path))
-    sink.close()
-    sink.close()
+    assert list(tmp_path.iterdir()) == [path]
     assert all(r["schema"] == 2 for r in records)
     assert all(set(r) == {"schema", "frame", "pts", "stream", "size", "inferred", "layers", "timings_ms", "source"}
                for r in records)  # the old top-level "instances" and "lanes" are gone
@@ -403,9 +405,13 @@ def test_open_sinks(tmp_path: Path) -> None:
             open_sinks(bad, None, False, None, info)
     with pytest.raises(ConfigError, match="same file"):
         open_sinks(tmp_path / "a.mp4", tmp_path / "a.mp4", False, None, info)
-    # A sink that fails to open closes those opened before it: no stray empty video is left.
-    with pytest.raises(SinkError, match="does not exist"):
+    with pytest.raises(ConfigError, match="does not exist"):  # found before any sink opens
         open_sinks(tmp_path / "w.mp4", tmp_path / "missing" / "w.jsonl", False, None, info)
+    # A sink that fails to open aborts those opened before it: no stray empty video is left.
+    (tmp_path / "dir.jsonl").mkdir()
+    with pytest.raises(SinkError, match="folder"):
+        open_sinks(tmp_path / "w.mp4", tmp_path / "dir.jsonl", False, None, info)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dir.jsonl", "imgs", "o.jsonl"]  # an empty video is none
     with pytest.raises(SinkError, match="window"):  # headless here
         open_sinks(tmp_path / "w.mp4", None, True, None, info)
     assert not (tmp_path / "w.mp4").exists()

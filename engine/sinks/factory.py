@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from segengine.errors import ConfigError
-from segengine.sinks.base import Sink
+from segengine.sinks.base import Sink, finish
 from segengine.sinks.images import ImageFolderSink
 from segengine.sinks.jsonl import JsonlSink, MaskChoice
+from segengine.sinks.outputs import check_outputs
 from segengine.sinks.video import CONTAINERS, VideoSink
 from segengine.sinks.window import WindowSink
 from segengine.types import SourceInfo
@@ -31,16 +33,17 @@ def _check_video_path(output: Path) -> None:
 
 
 def open_sinks(output: Path | None, json: Path | None, show: bool, image_dir: Path | None,
-               info: SourceInfo, json_masks: MaskChoice = "instances") -> list[Sink]:
-    """Every requested sink, opened. If one cannot open, those already opened are closed
+               info: SourceInfo, json_masks: MaskChoice = "instances", *, inputs: Sequence[Path] = (),
+               overwrite: bool = False) -> list[Sink]:
+    """Every requested sink, opened. If one cannot open, those already opened are aborted
     (leaving no stray files) and its error is raised. ``json_masks``: which masks the JSON lines
-    carry (the maps' RLE is most of their cost, so only where asked)."""
+    carry (the maps' RLE is most of their cost, so only where asked). ``inputs``: the files the
+    source reads, which no output may be; an existing output is refused unless ``overwrite``."""
     if output is not None:
         _check_video_path(output)
-    paths = [p.resolve() for p in (output, json) if p is not None and str(p) != "-"]
-    if len(set(paths)) < len(paths):
-        raise ConfigError(f"--output and --json are the same file ({output}); give them different names")
-    # Most likely to fail and creating nothing first; the JSON file (which open() truncates) last.
+    check_outputs({"--output": output, "--json": json}, inputs, overwrite=overwrite,
+                  folders={"--images-out": image_dir})
+    # Most likely to fail and creating nothing first.
     makers = []
     if show:
         makers.append(lambda: WindowSink(f"segengine: {info.name}"))
@@ -56,6 +59,6 @@ def open_sinks(output: Path | None, json: Path | None, show: bool, image_dir: Pa
             sinks.append(make())
     except BaseException:
         for sink in reversed(sinks):
-            sink.close()
+            finish(sink, failed=True)
         raise
     return sinks

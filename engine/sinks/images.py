@@ -46,8 +46,10 @@ class ImageFolderSink:
         try:
             path.write_bytes(data)  # a numpy buffer: no extra copy
         except OSError as exc:
+            path.unlink(missing_ok=True)  # a cut-off image would look like a frame; its absence is honest
             reason = "the disk is full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
-            raise SinkError(f"cannot write {path}: {reason}") from exc
+            raise SinkError(f"cannot write {path} (frame {result.frame.index}; {self.files_written} images "
+                            f"written before it): {reason}") from exc
         self.files_written += 1
 
     def close(self) -> None:

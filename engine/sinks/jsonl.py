@@ -41,8 +41,10 @@ does it; ``segengine.rle.decode_mask(item["mask"])`` gives an instance's bool HÃ
 own RLE, so any COCO tool reads them too); ``read_jsonl(path)`` iterates the objects.
 
 Each line goes to the OS in one write, right away, so a run that is killed leaves every
-finished frame on disk. If a write fails part-way (disk full), the file is cut back to the
-last whole line, so readers never see half an object.
+finished frame on disk: in ``<name>.<random>.partial.jsonl`` beside the target, which ``close``
+renames onto it, so a run that fails never replaces an existing file (``abort`` keeps the lines).
+If a write fails part-way (disk full), the file is cut back to the last whole line, so readers
+never see half an object.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ from typing import IO, Any, Literal
 
 from segengine.errors import SinkError
 from segengine.layers import Instances
+from segengine.sinks.staging import StagedFile
 from segengine.types import FrameResult
 
 SCHEMA = 2
@@ -97,21 +100,22 @@ class JsonlSink:
         self._file: Any = None  # unbuffered binary file when we own a path
         self._good = 0  # bytes known to end on a whole line
         self._closed = False
+        self._staged: StagedFile | None = None  # a path's lines go here first, renamed onto it on close
         self.name: str
         if isinstance(target, (str, os.PathLike)) and str(target) == "-":
             self._stream, self.name = sys.stdout, "<stdout>"
         elif isinstance(target, (str, os.PathLike)):
             self.name = str(target)
-            path = Path(target)
-            try:
-                # Unbuffered: each line is a single write() straight to the OS, nothing waits in Python.
-                self._file = open(path, "wb", buffering=0)
-            except OSError as exc:
-                reason = ("the folder does not exist" if isinstance(exc, FileNotFoundError)
-                          else "it is a folder" if isinstance(exc, IsADirectoryError) else exc.strerror)
-                raise SinkError(f"cannot write JSON lines to {path}: {reason}") from exc
+            self._staged = StagedFile(target, "JSON lines")
+            # Unbuffered: each line is a single write() straight to the OS, nothing waits in Python.
+            self._file = open(self._staged.path, "wb", buffering=0)
         else:
             self._stream, self.name = target, getattr(target, "name", "<stream>")
+
+    @property
+    def writing_to(self) -> Path | None:
+        """The file the lines go to until ``close`` renames it (None for a stream)."""
+        return self._staged.path if self._staged is not None else None
 
     def write(self, result: FrameResult) -> None:
         self.write_record(to_record(result, self.masks))
@@ -148,13 +152,30 @@ class JsonlSink:
         self._good += len(data)
 
     def close(self) -> None:
+        """Flushes; a file is renamed onto its target (replacing what was there)."""
         if self._closed:
             return
         self._closed = True
         if self._file is not None:
             self._file.close()
+            assert self._staged is not None
+            self._staged.commit()
         elif self._stream is not None:
             self._stream.flush()  # stdout or a caller's stream: theirs to close
+
+    def abort(self) -> Path | None:
+        """The run failed: the target is left as it was; the whole lines written so far are kept
+        beside it (returned), or removed when there are none."""
+        if self._closed or self._file is None:
+            self.close()
+            return None
+        self._closed = True
+        self._file.close()
+        assert self._staged is not None
+        if self._good == 0:
+            self._staged.discard()
+            return None
+        return self._staged.path
 
     def __enter__(self) -> JsonlSink:
         return self

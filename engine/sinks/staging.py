@@ -8,6 +8,7 @@ so the final rename is atomic), with the target's suffix so players and readers 
 from __future__ import annotations
 
 import errno
+import glob
 import os
 import tempfile
 from pathlib import Path
@@ -62,3 +63,12 @@ class StagedFile:
     def discard(self) -> None:
         self.path.unlink(missing_ok=True)
         self.done = True
+
+
+def partial_of(target: str | os.PathLike[str]) -> Path | None:
+    """The newest file a run is writing (or a failed run left) for ``target``, if any: where to
+    look at an output before its run has finished."""
+    target = Path(target)
+    found = [p for p in target.parent.glob(f"{glob.escape(target.stem)}.*{PARTIAL}{glob.escape(target.suffix)}")
+             if p.is_file()]
+    return max(found, key=lambda p: p.stat().st_mtime_ns, default=None)
