@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 def test_every_error_is_also_the_builtin_it_resembles() -> None:
     bases = {errors.SourceError: OSError, errors.EndOfStream: EOFError, errors.BackendError: RuntimeError,
              errors.ConfigError: ValueError, errors.ModelError: ValueError, errors.DownloadError: OSError,
-             errors.SinkError: OSError}
+             errors.SinkError: OSError, errors.OutOfMemory: MemoryError}
     for error, builtin in bases.items():
         assert issubclass(error, errors.EngineError) and issubclass(error, builtin), error
     assert issubclass(errors.DownloadError, errors.ModelError)
@@ -69,3 +69,16 @@ def test_the_wheel_installs_segengine_alone(tmp_path: Path) -> None:
     tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
     assert tops == {"segengine"}
     assert {"segengine/py.typed", "segengine/models/zoo.py", "segengine/layers/instances.py"} <= set(names)
+
+
+def test_dependency_floors_exclude_the_vulnerable_releases_our_code_relies_on() -> None:
+    """Each floor's reason is a comment in pyproject.toml; lowering one brings the hole back."""
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    deps = {r.name: r.specifier for r in map(Requirement, tomllib.loads(
+        (REPO / "pyproject.toml").read_text())["project"]["dependencies"])}
+    for name, vulnerable, fixed in [("torch", "2.5.1", "2.6.0"), ("onnx", "1.20.1", "1.21.0"),
+                                    ("protobuf", "5.29.4", "5.29.5"), ("av", "12.3.0", "13.0.0")]:
+        assert not deps[name].contains(Version(vulnerable)) and deps[name].contains(Version(fixed)), name
+    assert deps["torch"].contains(Version("2.13.0"))  # CI's CPU build
