@@ -76,3 +76,65 @@ def test_run_on_rtsp_survives_a_server_restart_and_never_shows_the_password(
         assert sum(1 for _ in container.decode(video=0)) == len(lines)
     for text in (stderr, js.read_text(errors="replace"), mp4.read_bytes().decode("latin-1")):
         assert PASSWORD not in text and "cam:" not in text
+
+
+def test_a_camera_that_comes_back_at_another_size_keeps_the_run_and_the_video_going(
+        shared: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "SEGENGINE_CACHE_DIR": str(tmp_path / "cache"),
+           "SEGENGINE_MODEL_DIR": str(shared / "models"), "PYTHONUNBUFFERED": "1"}
+    js, mp4 = tmp_path / "live.jsonl", tmp_path / "live.mp4"
+    with RtspServer(width=320, height=240, fps=10) as server:
+        proc = subprocess.Popen([sys.executable, "-m", "segengine.cli", "run", server.url, "--json", str(js),
+                                 "-o", str(mp4), "--read-timeout", "2", "--open-timeout", "5", "-q"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        try:
+            before = _wait_for_lines(js, 5, proc, timeout=240)
+            server.kill()
+            server.width, server.height = 480, 270  # 16:9 after 4:3
+            time.sleep(1.0)
+            server.restart()
+            deadline = time.monotonic() + 240  # the graph for the new size is exported on the way
+            while not any(line["size"] == [270, 480] for line in _lines(js)[len(before):]):
+                assert proc.poll() is None, f"segengine exited: {proc.communicate()[1][-3000:]}"
+                assert time.monotonic() < deadline, "no frame at the new size"
+                time.sleep(0.5)
+            _wait_for_lines(js, len(_lines(js)) + 3, proc, timeout=60)
+            proc.send_signal(signal.SIGINT)
+            _, stderr = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    assert proc.returncode == 130, stderr[-3000:]
+    lines = [json.loads(line) for line in js.read_text().splitlines()]
+    sizes = [line["size"] for line in lines]
+    assert sizes[0] == [240, 320] and sizes[-1] == [270, 480]  # JSONL records each frame's own size
+    assert stderr.count("letterbox") == 1, stderr[-3000:]  # said once, not per frame
+    with av.open(str(mp4)) as container:  # one video, its first size kept throughout
+        frames = list(container.decode(video=0))
+    assert len(frames) == len(lines) and {(f.width, f.height) for f in frames} == {(320, 240)}
+    last = frames[-1].to_ndarray(format="rgb24")
+    assert last[:8].max() < 40 and last[-8:].max() < 40 and last[120].max() > 40  # bars above and below
+
+
+def test_reconnects_given_up_exit_1_and_keep_what_was_written(shared: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "SEGENGINE_CACHE_DIR": str(tmp_path / "cache"),
+           "SEGENGINE_MODEL_DIR": str(shared / "models"), "PYTHONUNBUFFERED": "1"}
+    js = tmp_path / "live.jsonl"
+    with RtspServer(fps=10) as server:
+        proc = subprocess.Popen([sys.executable, "-m", "segengine.cli", "run", server.url, "--json", str(js),
+                                 "--read-timeout", "1", "--open-timeout", "2", "--reconnect", "1", "-q"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        try:
+            written = _wait_for_lines(js, 3, proc, timeout=240)
+            server.kill()
+            _, stderr = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    assert proc.returncode == 1, stderr[-3000:]  # a failure while running, not bad usage (2)
+    assert "gave up after 1 reconnection attempts" in stderr and "Traceback" not in stderr
+    kept = partial_of(js)
+    assert not js.exists() and kept is not None and f"kept what was written in {kept}" in stderr
+    assert len(kept.read_text().splitlines()) >= len(written)
