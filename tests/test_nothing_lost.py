@@ -209,3 +209,13 @@ def test_sinks_for_an_unknown_backend_leave_nothing_behind(tmp_path: Path) -> No
     assert done.returncode == 2 and "TensorRT" in done.stderr
     assert target.read_text() == "precious\n" and list(tmp_path.iterdir()) == [target]
 
+
+
+def test_a_sink_on_its_own_thread_is_aborted_like_the_sink_itself(tmp_path: Path) -> None:
+    from segengine.sinks.threaded import ThreadedSink
+
+    target = tmp_path / "out.jsonl"
+    sink = ThreadedSink(JsonlSink(target), policy="lossless")
+    sink.write(result())
+    kept = sink.abort()
+    assert not target.exists() and kept is not None and len(list(read_jsonl(kept))) == 1

@@ -10,9 +10,10 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from pathlib import Path
 
 from segengine.errors import EndOfStream, SinkError
-from segengine.sinks.base import Sink
+from segengine.sinks.base import Sink, finish
 from segengine.stage import POLL, Policy, Stage
 from segengine.types import FrameResult
 
@@ -41,8 +42,15 @@ class ThreadedSink:
     def close(self) -> None:
         """Everything queued is written, then the sink is finalised, within ``deadline`` seconds. A sink
         still stuck in a write by then is left alone (never closed under its writer) and said so."""
+        self._finish(failed=False)
+
+    def abort(self) -> Path | None:
+        """As ``close``, but the run failed: the sink keeps its output beside its target (``Sink.abort``)."""
+        return self._finish(failed=True)
+
+    def _finish(self, failed: bool) -> Path | None:
         if self._closed:
-            return
+            return None
         self._closed = True
         end = time.monotonic() + self.deadline
         if self._stage.finish(EndOfStream("closed"), timeout=self.deadline):
@@ -52,9 +60,10 @@ class ThreadedSink:
         if self._thread.is_alive():
             raise SinkError(f"{type(self.sink).__name__} did not finish writing within {self.deadline:g} s; "
                             "it was not finalised and its output may be incomplete")
-        self.sink.close()
+        kept = finish(self.sink, failed or self._error is not None)
         if self._error is not None:
             raise self._error
+        return kept
 
     def _run(self) -> None:
         while not self._stage.stop.is_set():
