@@ -1,6 +1,6 @@
 """VideoSink keeps what it wrote: fragments on disk as it goes (a SIGKILL leaves a file that plays),
 a failed write said on the frame it happened with the frames the left file really holds, the free
-space watched, an ordinary MP4 at a clean end."""
+space watched, an ordinary MP4 at a clean end, and frames of another size letterboxed."""
 
 from __future__ import annotations
 
@@ -329,3 +329,30 @@ def test_playable_prefix_cuts_a_fragment_left_half_written(layout: str, tmp_path
     assert 0 < end < len(data) * 2 // 3 and frames > 0
     os.truncate(cut, end)
     assert len(_decode(cut)) == frames
+
+
+# --- the source changes size ------------------------------------------------------------------
+
+def test_frames_of_another_size_are_letterboxed(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    sizes = [(96, 160), (192, 320), (48, 80), (120, 120), (91, 161), (96, 160), (192, 320)]
+    sink = VideoSink(tmp_path / "sizes.mp4", INFO)
+    with caplog.at_level(logging.WARNING, "segengine.sinks.video"):
+        for i, size in enumerate(sizes):
+            image = np.zeros((*size, 3), np.uint8)
+            image[:] = (200, 60, 30)
+            sink.write(FrameResult(Frame(image, i, _pts(i))))
+        sink.close()
+    warned = [r.getMessage() for r in caplog.records if "changed size" in r.getMessage()]
+    assert len(warned) == 4  # once for each new size, not for each frame
+    assert "frame 1 is 320x192 but the video is 160x96" in warned[0]
+    assert "scaled to 96x96 on black bars" in warned[2] and "scaled to 160x90" in warned[3]
+    frames = [f.to_ndarray(format="rgb24").astype(int) for f in _decode(tmp_path / "sizes.mp4")]
+    assert len(frames) == len(sizes) and {f.shape for f in frames} == {(96, 160, 3)}
+    for k in (0, 1, 2, 5, 6):  # same aspect ratio: the whole picture
+        np.testing.assert_allclose(frames[k][48, [5, 80, 154]], [(200, 60, 30)] * 3, atol=10)
+    square = frames[3]  # 120x120 into 160x96: 96x96 in the middle, 32 black columns each side
+    np.testing.assert_allclose(square[48, [10, 150]], [(0, 0, 0)] * 2, atol=10)
+    np.testing.assert_allclose(square[[5, 48, 90], 80], [(200, 60, 30)] * 3, atol=10)
+    odd = frames[4]  # 161x91 into 160x96: 160x90, three black rows above and below
+    np.testing.assert_allclose(odd[[0, 95], 80], [(0, 0, 0)] * 2, atol=10)
+    np.testing.assert_allclose(odd[[5, 90], 80], [(200, 60, 30)] * 2, atol=10)

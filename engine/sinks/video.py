@@ -44,6 +44,10 @@ frames' timestamps, so a B-frame not yet written is not counted); they are equal
 ``output`` is where the video is after ``close`` (the target, the kept ``.partial``, or None) and
 ``fragmented`` says whether it was kept fragmented.
 
+Frame size changes mid-stream (a camera reconnecting at another resolution): the video keeps its
+first size; a frame of another size is scaled to fit, aspect ratio kept, centred on black bars,
+and each new size is logged once.
+
 Cost, which on a small CPU is taken from inference: RGB → 4:2:0 is OpenCV's BT.601 conversion
 (0.3 ms a 960×540 frame against swscale's 1.5 ms), so the stream is tagged with BT.601's matrix
 (and sRGB's BT.709 primaries and transfer) and players decode it to the same colours. x264 runs
@@ -73,6 +77,7 @@ import cv2
 import numpy as np
 
 from segengine.errors import SinkError
+from segengine.geometry import Placement, letterbox
 from segengine.sinks.fragments import FragmentFile, FramesOnDisk
 from segengine.sinks.remux import commit_faststart
 from segengine.sinks.remux import mib as _mib
@@ -150,6 +155,7 @@ class VideoSink:
         self._pad: np.ndarray | None = None  # reused even-sized canvas for odd inputs
         self._yuv: np.ndarray | None = None  # reused I420 buffer: one conversion target for every frame
         self._size: tuple[int, int] | None = None  # (height, width) of the input frames
+        self._fits: dict[tuple[int, int], tuple[np.ndarray, Placement]] = {}  # other sizes: canvas, where
         self._closed = False
         self.frames_written = 0
         self.pts_adjusted = 0  # frames whose pts had to be nudged to stay strictly increasing
@@ -249,6 +255,25 @@ class VideoSink:
         pad[:, w:] = pad[:, w - 1:w]
         return pad
 
+    def _fit(self, image: np.ndarray) -> np.ndarray:
+        """A frame of another size, scaled into the video's (aspect ratio kept) on black bars."""
+        assert self._size is not None
+        h, w = image.shape[:2]
+        fit = self._fits.get((h, w))
+        if fit is None:
+            where = letterbox((h, w), canvas=self._size)
+            log.warning("video %s: frame %d is %dx%d but the video is %dx%d (the source changed size); "
+                        "frames of this size are scaled to %dx%d on black bars", self.path, self._index,
+                        w, h, self._size[1], self._size[0], where.resized[1], where.resized[0])
+            if len(self._fits) >= 8:
+                self._fits.pop(next(iter(self._fits)))
+            fit = self._fits[(h, w)] = (np.zeros((*self._size, 3), np.uint8), where)
+        canvas, where = fit
+        (nh, nw), y, x = where.resized, where.top, where.left
+        interpolation = cv2.INTER_AREA if nw < w else cv2.INTER_LINEAR
+        canvas[y:y + nh, x:x + nw] = cv2.resize(image, (nw, nh), interpolation=interpolation)
+        return canvas
+
     def write(self, result: FrameResult) -> None:
         if self._closed:
             raise SinkError(f"video {self.path} is already closed")
@@ -258,8 +283,7 @@ class VideoSink:
         if self._container is None:
             self._open(height, width)
         elif (height, width) != self._size:
-            raise SinkError(f"video {self.path}: frame {result.frame.index} is {width}x{height} "
-                            f"but the video is {self._size[1]}x{self._size[0]}")
+            image = self._fit(image)
         # BT.601, 16-235, into the same buffer each frame (from_ndarray copies it into the frame)
         self._yuv = cv2.cvtColor(np.ascontiguousarray(self._even(image)), cv2.COLOR_RGB2YUV_I420, dst=self._yuv)
         frame = av.VideoFrame.from_ndarray(self._yuv, format="yuv420p")
