@@ -84,9 +84,13 @@ def test_clean_close_commits_an_ordinary_file_with_every_frame(suffix: str, tmp_
     assert _partials(tmp_path) == []
     time_base = Fraction(1, 1000) if suffix == ".mkv" else Fraction(1, 12800)  # Matroska rounds to 1 ms
     assert _times(out) == _expected(70, time_base)
+    data = out.read_bytes()
     if suffix != ".mkv":  # an ordinary MP4/MOV: index at the front, no fragments left
-        head = out.read_bytes()
-        assert head[4:8] == b"ftyp" and head[24:48].find(b"moov") >= 0 and b"moof" not in head
+        assert data[4:8] == b"ftyp" and data[24:48].find(b"moov") >= 0 and b"moof" not in data
+    else:  # the header patched at the end (written through FragmentFile's seeks): duration and Cues
+        with av.open(str(out)) as c:
+            assert c.duration == round((START + 70 / FPS) * 1e6)
+        assert bytes.fromhex("1C53BB6B") in data
 
 
 def test_counts_only_frames_whose_packets_are_on_disk(tmp_path: Path) -> None:

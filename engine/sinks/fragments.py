@@ -203,6 +203,7 @@ class FragmentFile:
         self._pos = 0  # the muxer's position
         self._direct = False  # after a seek: no more units, writes go where the muxer says
         self.sync = sync
+        self._dir_synced = False
         self.size = 0
         self.samples = 0
         self.fragments = 0
@@ -235,7 +236,8 @@ class FragmentFile:
 
     def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
         self._check()
-        target = {os.SEEK_SET: offset, os.SEEK_CUR: self._pos + offset, os.SEEK_END: self.size + offset}[whence]
+        end = self.size + len(self._pending)
+        target = {os.SEEK_SET: offset, os.SEEK_CUR: self._pos + offset, os.SEEK_END: end + offset}[whence]
         if target != self._pos and not self._direct:
             self._drain()  # the muxer is patching what it wrote: units end here
             self._direct = True
@@ -324,6 +326,16 @@ class FragmentFile:
         except OSError as exc:
             self.error, self.closed = exc, True
             raise
+        if not self._dir_synced:  # once: the new file's name survives a power loss too
+            self._dir_synced = True
+            try:  # best effort: some filesystems cannot sync a folder
+                folder = os.open(self.path.parent, os.O_RDONLY)
+                try:
+                    os.fsync(folder)
+                finally:
+                    os.close(folder)
+            except OSError:
+                pass
 
     def _close_fd(self) -> None:
         if self._fd >= 0:
