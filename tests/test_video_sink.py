@@ -31,8 +31,8 @@ FPS = 25
 INFO = SourceInfo("test", False, (96, 160), Fraction(FPS), None, Fraction(1, 12800))
 START = 0.5  # a first pts > 0: the fragmented file's edit list must place it exactly
 # x264's delay between a frame going in and its packet coming out (rc-lookahead 10, B-frames, one
-# thread), and a fragment's frames: how far the frame a failure is said at can be past the last
-# frame on disk.
+# thread: the tests that bound it ask for one, as on 2 cores; each more frame thread adds a frame),
+# and a fragment's frames: how far the frame a failure is said at can be past the last frame on disk.
 DELAY, FRAGMENT = 20, FPS
 
 
@@ -204,7 +204,7 @@ def _check_left(folder: Path, sink: VideoSink, failed_at: int, error: SinkError)
 
 def test_full_disk_is_said_at_the_frame_it_happens_and_the_file_plays(small_disk: Callable[[str], Path]) -> None:
     disk = small_disk("512k")
-    sink = VideoSink(disk / "out.mp4", INFO, min_free=0)
+    sink = VideoSink(disk / "out.mp4", INFO, min_free=0, threads=1)
     failed_at, error = _fill(sink)
     assert "the disk is full at frame" in str(error)
     assert isinstance(error.__cause__, OSError) and error.__cause__.errno == errno.ENOSPC
@@ -283,7 +283,7 @@ def test_failed_write_without_a_small_disk(tmp_path: Path, monkeypatch: pytest.M
     """The same as on a real full disk, where no filesystem can be mounted (not root)."""
     out = tmp_path / "out.mp4"
     out.write_bytes(b"an older run")
-    sink = VideoSink(out, INFO, min_free=0)
+    sink = VideoSink(out, INFO, min_free=0, threads=1)
     reached = _failing_pwrite(monkeypatch, 300_000)  # not a fragment boundary: a fragment half written
     failed_at, error = _fill(sink)
     monkeypatch.undo()
