@@ -219,3 +219,13 @@ def test_a_sink_on_its_own_thread_is_aborted_like_the_sink_itself(tmp_path: Path
     sink.write(result())
     kept = sink.abort()
     assert not target.exists() and kept is not None and len(list(read_jsonl(kept))) == 1
+
+
+def test_devices_and_pipes_are_never_replaced_by_an_output(tmp_path: Path) -> None:
+    fifo = tmp_path / "pipe.jsonl"
+    os.mkfifo(fifo)
+    with pytest.raises(ConfigError, match="not a regular file"):
+        check_outputs({"--json": Path("/dev/null")}, overwrite=True)
+    with pytest.raises(SinkError, match="not a regular file"):
+        JsonlSink(fifo)
+    assert fifo.is_fifo() and Path("/dev/null").is_char_device()

@@ -48,6 +48,9 @@ def check_outputs(outputs: dict[str, Path | None], inputs: Iterable[Path] = (), 
                                   "read; give the output another name")
         if path.is_dir():
             continue  # each sink says why a folder is no file, with its own fix
+        if path.exists() and not path.is_file():
+            raise ConfigError(f"{flag} {path} is not a regular file (a device or a pipe), which the finished "
+                              "output would replace; give a file name (`--json -` writes to stdout)")
         if not path.parent.is_dir():
             raise ConfigError(f"{flag} {path}: folder {path.parent} does not exist; create it first")
         if path.exists() and not overwrite:

@@ -36,15 +36,25 @@ def open_error(what: str, path: Path, exc: OSError) -> SinkError:
     return SinkError(f"cannot write {what} {path}: {exc.strerror or exc}")
 
 
+def check_target(target: str | os.PathLike[str], what: str, example: str = "a file name") -> Path:
+    """A target the final rename may replace: no folder, and no device or pipe (as root, renaming
+    onto /dev/null or /dev/full would replace the device itself)."""
+    target = Path(target)
+    if target.is_dir():
+        raise SinkError(f"cannot write {what} {target}: it is a folder; give {example}")
+    if target.exists() and not target.is_file():
+        raise SinkError(f"cannot write {what} {target}: it is not a regular file (a device or a pipe); "
+                        f"give {example}")
+    return target
+
+
 class StagedFile:
     """A new, empty file beside ``target`` to write into; ``commit()`` renames it to ``target``
     (replacing what was there), ``discard()`` removes it. Creating it proves the folder is
     writable, so a bad output fails before any frame is read."""
 
     def __init__(self, target: str | os.PathLike[str], what: str = "output") -> None:
-        self.target = Path(target)
-        if self.target.is_dir():
-            raise SinkError(f"cannot write {what} {self.target}: it is a folder; give a file name")
+        self.target = check_target(target, what)
         try:
             fd, name = tempfile.mkstemp(prefix=f"{self.target.stem}.", suffix=PARTIAL + self.target.suffix,
                                         dir=self.target.parent)

@@ -84,7 +84,7 @@ from segengine.geometry import Placement, letterbox
 from segengine.sinks.fragments import FragmentFile, FramesOnDisk
 from segengine.sinks.remux import commit_faststart
 from segengine.sinks.remux import mib as _mib
-from segengine.sinks.staging import StagedFile
+from segengine.sinks.staging import StagedFile, check_target
 from segengine.types import FrameResult, SourceInfo
 
 log = logging.getLogger(__name__)
@@ -132,12 +132,7 @@ class VideoSink:
                  preset: str = "veryfast", x264_params: str = FAST_X264, threads: int | None = None,
                  format: str | None = None, min_free: int = MIN_FREE,
                  fragment_seconds: float = FRAGMENT_SECONDS, sync: bool = True) -> None:
-        self.path = Path(path)
-        if self.path.is_dir():
-            raise SinkError(f"cannot write video {self.path}: it is a folder; give a file name such as out.mp4")
-        if self.path.exists() and not self.path.is_file():  # the final rename would replace a device or a pipe
-            raise SinkError(f"cannot write video {self.path}: it is not a regular file (a device or a pipe); "
-                            "give a file name such as out.mp4")
+        self.path = check_target(path, "video", "a file name such as out.mp4")
         self._format = format or CONTAINERS.get(self.path.suffix.lower())
         if self._format is None:
             raise SinkError(f"cannot write video {self.path}: unknown container {self.path.suffix!r}; "
@@ -394,15 +389,16 @@ class VideoSink:
         else:
             self.output = self._staged.commit()
 
-    def abort(self) -> None:
-        """Finish what was written but keep it under its ``.partial`` name: the run did not end well."""
-        if self._closed:
-            return
-        if self._container is None:
-            self.close()
-            return
-        self._finish(f"while finishing, after frame {self._index}")
-        self._keep()
+    def abort(self) -> Path | None:
+        """Finish what was written but keep it under its ``.partial`` name: the run did not end well.
+        Returns that file (None: no frame reached the disk, nothing is left)."""
+        if not self._closed:
+            if self._container is None:
+                self.close()
+                return None
+            self._finish(f"while finishing, after frame {self._index}")
+            self._keep()
+        return self.output if self.output is not None and self.output != self.path else None
 
     def _faststart(self) -> None:
         assert self._file is not None
