@@ -109,12 +109,14 @@ def test_a_camera_that_comes_back_at_another_size_keeps_the_run_and_the_video_go
     lines = [json.loads(line) for line in js.read_text().splitlines()]
     sizes = [line["size"] for line in lines]
     assert sizes[0] == [240, 320] and sizes[-1] == [270, 480]  # JSONL records each frame's own size
-    assert stderr.count("letterbox") == 1, stderr[-3000:]  # said once, not per frame
+    assert stderr.count("scaled to 320x180 on black bars") == 1, stderr[-3000:]  # said once, not per frame
     with av.open(str(mp4)) as container:  # one video, its first size kept throughout
         frames = list(container.decode(video=0))
     assert len(frames) == len(lines) and {(f.width, f.height) for f in frames} == {(320, 240)}
-    last = frames[-1].to_ndarray(format="rgb24")
-    assert last[:8].max() < 40 and last[-8:].max() < 40 and last[120].max() > 40  # bars above and below
+    # 480x270 scaled to 320x180: black bars of 30 rows above and below, the picture between
+    boxed = [f.to_ndarray(format="rgb24") for f in frames[sizes.index([270, 480]):]]
+    assert all(image[:28].max() < 40 and image[-28:].max() < 40 for image in boxed)
+    assert max(image[32:-32].max() for image in boxed) > 100
 
 
 def test_reconnects_given_up_exit_1_and_keep_what_was_written(shared: Path, tmp_path: Path) -> None:
