@@ -19,7 +19,7 @@ import av
 import numpy as np
 import pytest
 
-from benchmarks.soak import detect_trend, theil_sen
+from benchmarks.soak import Sample, curve_table, detect_trend, judge, theil_sen, verdict
 from segengine.models import zoo
 from tests import clock_code
 from tests.live_servers import moving_frame, rtsp_unavailable
@@ -92,6 +92,27 @@ def test_theil_sen_ignores_outliers_and_thins_long_series() -> None:
     y = 2.0 * t
     y[::50] = -1e6
     assert theil_sen(t, y) == pytest.approx(2.0)
+
+
+def _samples(rss: np.ndarray) -> list[Sample]:
+    return [Sample(t=float(t), wall="", rss=float(r), fds=12, threads=16, results=75, fps=15.0, latency_p50=150.0,
+                   latency_p95=180.0, latency_max=200.0, unreadable=0, pipe_latency_p50=90.0, dropped_per_s=0.0,
+                   frames_read=75 * i, dropped=0, reconnects=0, gaps=0) for i, (t, r) in enumerate(zip(T, rss))]
+
+
+def test_the_verdict_names_the_metric_its_levels_and_slope() -> None:
+    samples = _samples(800 + 0.05 * T)
+    code, lines = verdict(judge(samples, 120), 120)
+    assert code == 1 and len(lines) == 1
+    assert lines[0].startswith("FAIL: rss trends up: 810.0 -> 885.8 MB over 27.9 min") and "+3.000 MB/min" in lines[0]
+    table = curve_table(samples, judge(samples, 120))
+    assert "TRENDS UP" in table and table.count("flat") == 4  # fds, threads, latency_p50, fps
+    code, lines = verdict(judge(_samples(np.full(T.size, 800.0)), 120), 120)
+    assert code == 0 and lines[0].startswith("PASS:")
+    code, lines = verdict(judge(_samples(np.full(T.size, 800.0))[:30], 120), 120)  # 2.5 min: 6 samples left
+    assert code == 0
+    code, lines = verdict(judge(_samples(np.full(T.size, 800.0))[:28], 120), 120)
+    assert code == 3 and lines[0].startswith("NO VERDICT")
 
 
 # -- the clock code ----------------------------------------------------------------------------
