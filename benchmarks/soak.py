@@ -44,6 +44,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import signal
 import sys
 import tempfile
@@ -194,7 +195,6 @@ class Window:
         self._pipe: list[float] = []
         self._results = self._unreadable = 0
         self.status = None  # the latest result's SourceStatus
-        self.last_latency = float("nan")
 
     def add(self, latency_ms: float | None, pipe_latency_ms: float, status: object) -> None:
         with self._lock:
@@ -204,7 +204,6 @@ class Window:
                 self._unreadable += 1
             else:
                 self._latencies.append(latency_ms)
-                self.last_latency = latency_ms
             self.status = status
 
     def take(self) -> tuple[int, int, list[float], list[float], object]:
@@ -314,8 +313,12 @@ def verdict(trends: dict[str, Trend], warmup: float) -> tuple[int, list[str]]:
                    f"allowed {tr.threshold:.1f} = max({m.rel:.0%} of the median, {m.floor:g} {m.unit}, 3 standard "
                    f"errors))".replace(" )", ")") for m, tr in bad]
     if not all(tr.judged for tr in judged.values()):
-        missing = ", ".join(f"{name} ({tr.note})" for name, tr in judged.items() if not tr.judged)
-        return 3, [f"NO VERDICT: too few samples to judge {missing}; run longer or sample more often (--every)"]
+        notes: dict[str, list[str]] = {}
+        for name, tr in judged.items():
+            if not tr.judged:
+                notes.setdefault(tr.note, []).append(name)
+        missing = "; ".join(f"{', '.join(names)}: {note}" for note, names in notes.items())
+        return 3, [f"NO VERDICT: too few samples to judge ({missing}); run longer or sample more often (--every)"]
     span = max(tr.span for tr in judged.values()) / 60
     return 0, [f"PASS: no judged metric ({', '.join(judged)}) trends the wrong way over {span:.1f} min "
                f"after a {warmup / 60:.1f} min warm-up"]
@@ -378,7 +381,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                              "for the server's own moving band")
     parser.add_argument("--size", help="WxH the server serves (default: the video's own; 640x360 for synthetic)")
     parser.add_argument("--fps", type=int, default=15, help="the feed's frame rate (default 15)")
-    parser.add_argument("--model-dir", help="weights mirror (default: $SEGENGINE_MODEL_DIR)")
+    parser.add_argument("--model-dir", help="weights mirror (default: $SEGENGINE_MODEL_DIR, else the shared "
+                        "folder's models/ where there is one)")
     parser.add_argument("--out", action="append", type=Path, default=[],
                         help="write the samples to FILE.csv, or samples + trends + verdict to FILE.json (repeatable)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress output")
@@ -410,6 +414,29 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.warmup < 0 or args.warmup >= duration:
         parser.error(f"--warmup {args.warmup:g} s must be >= 0 and shorter than the run ({duration:g} s)")
     return args
+
+
+def _exit_now(tmp: Path, code: int) -> None:
+    """A second signal during cleanup: the frames file goes, then the process (and with it the server)."""
+    shutil.rmtree(tmp, ignore_errors=True)
+    os._exit(code)
+
+
+OUR_THREADS = ("segengine", "capture:", "sink:", "soak-")  # the names the pipeline's and the soak's threads take
+
+
+def _remove_stale_frames(folder: Path) -> None:
+    """Frame files of earlier soaks that were killed (SIGKILL leaves them; ~170 MB each at 960x540)."""
+    for stale in folder.glob("soak-*-*"):
+        try:
+            pid = int(stale.name.split("-")[1])
+            os.kill(pid, 0)
+        except ValueError:
+            continue
+        except ProcessLookupError:
+            shutil.rmtree(stale, ignore_errors=True)
+        except PermissionError:  # alive, someone else's
+            continue
 
 
 class Terminated(Exception):
@@ -444,11 +471,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"soak: the RTSP test server cannot run: {reason}", file=sys.stderr)
         return 2
     duration = args.minutes * 60
-    dirs = WeightDirs.from_env(args.model_dir)
+    shared_models = SHARED / "models"
+    dirs = WeightDirs.from_env(args.model_dir or os.environ.get("SEGENGINE_MODEL_DIR")
+                               or (shared_models if shared_models.is_dir() else None))
     previous_sigterm = signal.signal(signal.SIGTERM, _on_sigterm)
     run = Run(args, duration)
     try:
-        with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
+        _remove_stale_frames(Path(tempfile.gettempdir()))
+        with tempfile.TemporaryDirectory(prefix=f"soak-{os.getpid()}-") as tmp:
             run.execute(Path(tmp), dirs)
     except (KeyboardInterrupt, Terminated) as exc:  # before the pipeline's loop began
         run.interrupted = run.interrupted or ("SIGINT" if isinstance(exc, KeyboardInterrupt) else "SIGTERM")
@@ -509,7 +539,7 @@ class Run:
                       f"{self.config['machine']}", file=sys.stderr, flush=True)
                 self.tty = not args.quiet and sys.stderr.isatty()
                 self.bar = tqdm(total=round(self.duration), unit="s", disable=not self.tty, file=sys.stderr,
-                                bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s {postfix}")
+                                bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s{postfix}")
                 with pipeline:
                     try:
                         self._consume(pipeline, clock_code)
@@ -520,8 +550,8 @@ class Run:
                     finally:
                         # Cleanup is bounded (the pipeline's 5 s deadline, the server's 5 s grace); a
                         # second signal during it ends at once (the server goes too: PR_SET_PDEATHSIG).
-                        signal.signal(signal.SIGINT, lambda *_: os._exit(130))
-                        signal.signal(signal.SIGTERM, lambda *_: os._exit(143))
+                        signal.signal(signal.SIGINT, lambda *_: _exit_now(tmp, 130))
+                        signal.signal(signal.SIGTERM, lambda *_: _exit_now(tmp, 143))
                         if self.sampler is not None:
                             self.sampler.stop()
                             self.sampler.join()
@@ -597,6 +627,12 @@ class Run:
               "(decoded, inferred, tracked, rendered); same machine's wall clock, 1 ms resolution")
         for line in lines:
             print(line)
+        left = [t.name for t in threading.enumerate() if t is not threading.main_thread() and t.is_alive()]
+        ours = [name for name in left if name.startswith(OUR_THREADS)]
+        if ours:
+            print(f"warning: threads of the pipeline or the soak still running after the cleanup: {', '.join(ours)}")
+        if len(left) > len(ours):  # e.g. OpenVINO's telemetry starts a concurrent.futures worker at import
+            print(f"(threads a library started and keeps: {', '.join(n for n in left if n not in ours)})")
         for out in args.out:
             write_out(out, samples, trends, config, code, lines)
             print(f"samples written to {out}")
