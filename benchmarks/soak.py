@@ -7,11 +7,12 @@ descriptors, threads or latency creep up (or throughput creeps down).
 What runs: the local GStreamer RTSP test server (tests/rtsp_server.py on the system Python)
 serves VIDEO (default: the shared solidWhiteRight.mp4, 221 frames, so it loops every ~15 s at
 15 fps) over H.264/RTSP, paced as a live camera, with the wall-clock time burned into the top-left
-corner of every frame as a row of black and white blocks (tests/clock_code.py). The segengine
+corner of every frame as 40 black and white blocks (tests/clock_code.py). The segengine
 Pipeline (the real PRESET with its real weights, on BACKEND; the overlay is rendered, no sinks)
 reads it like any camera. Every EVERY seconds the benchmark samples its own process: RSS, open
 file descriptors, OS threads (native ones included), and over the last window the results'
-rate, glass-to-glass latency, the pipeline's own capture-to-result latency, and the source's
+rate, glass-to-glass latency, the pipeline's own capture-to-result latency, the process's CPU
+time per result, the CPU every other process used (a neighbour's load), and the source's
 counters (frames read, dropped, reconnects, timestamp gaps).
 
 Glass-to-glass latency, per result: the server reads ``time.time()`` (ms) right before it pushes
@@ -21,18 +22,24 @@ rendered) and decodes the time from ``result.frame.image``. Both clocks are this
 CLOCK_REALTIME, so the difference is the whole path: encode, RTP over TCP, FFmpeg's RTSP demuxer
 and decoder, the capture queue, inference and the caller-side stages. Resolution 1 ms (the code
 carries whole milliseconds; both clock reads cost microseconds). A frame whose code does not
-read (CRC-8 and a contrast check refuse a smeared one) is counted as unreadable, never guessed.
+read (CRC-8 and a contrast check refuse a smeared one), or that repeats the previous one (the
+encoder skipped those blocks), is counted as unreadable, never guessed.
 
 At the end: a table of each metric's curve (min, median, max, first, last, slope per minute over
 the samples after the warm-up) and a verdict. A metric trends when its robust slope (Theil-Sen:
 the median of all pairwise slopes, so a few spikes do not move it) times the judged span exceeds
 all of: REL of its median, an absolute floor, and 3 standard errors of that rise (the noise
-around the fitted line, from its MAD). Judged: rss, fds, threads, latency_p50 (upward) and fps
-(downward); the others are reported. Exit codes: 0 no trend, 1 a trend (each named with its start
-and end level and slope) or the pipeline failed, 2 bad usage or a setup failure (no RTSP server,
-no weights), 3 too few samples after the warm-up to judge, 130/143 after Ctrl-C/SIGTERM (the table
-and verdict of what was sampled are printed first). Every thread and the server process are
-stopped on every path; the server also ends if this process is killed (PR_SET_PDEATHSIG).
+around the fitted line, from its MAD); METRICS below lists REL and the floor of each. Judged:
+rss, fds, threads, latency_p50, cpu_per_result (upward) and fps (downward); the rest is reported.
+A neighbour's load moves latency, fps and CPU per result too: a trend in one of those while the
+other processes' CPU use rose by over a quarter of a core says so; only a quiet machine gives a
+clean verdict on them.
+
+Exit codes: 0 no trend; 1 a trend (each named with its start and end level and slope) or the
+pipeline failed; 2 bad usage or a setup failure (no RTSP server, no weights); 3 too few samples
+after the warm-up to judge; 130/143 after Ctrl-C/SIGTERM, once the table and verdict of what was
+sampled are printed. Every thread and the server process are stopped on every path; the server
+also ends if this process is killed (PR_SET_PDEATHSIG).
 """
 
 from __future__ import annotations
@@ -151,7 +158,11 @@ METRICS = (
     Metric("latency_p95", "ms", None, what="glass-to-glass latency, 95th percentile over the window"),
     Metric("pipe_latency_p50", "ms", None, what="the pipeline's own capture-to-result latency, median"),
     Metric("fps", "fps", "down", 0.10, 0.5, "results a second over the window"),
+    Metric("cpu_per_result", "ms", "up", 0.15, 5.0, "CPU time of this process (all threads) per result: the "
+           "engine's own cost, which a busier machine hardly changes"),
     Metric("dropped_per_s", "/s", None, what="frames the capture dropped a second (the latest-frame policy)"),
+    Metric("others_cpu", "core", None, what="CPU used by every other process (the server included), in cores: "
+           "a neighbour's load, which slows fps and latency without any fault of the engine"),
 )
 
 
@@ -170,10 +181,21 @@ class Sample:
     unreadable: int  # results in this window whose clock code did not read
     pipe_latency_p50: float
     dropped_per_s: float
+    cpu_per_result: float  # ms
+    others_cpu: float  # cores
     frames_read: int  # cumulative, the source's counters
     dropped: int
     reconnects: int
     gaps: int
+
+
+def cpu_seconds() -> tuple[float, float]:
+    """(this process's CPU seconds, all threads; the whole machine's busy CPU seconds, from /proc/stat)."""
+    times = os.times()
+    with open("/proc/stat") as stat:
+        fields = [int(v) for v in stat.readline().split()[1:]]
+    busy = sum(fields[:8]) - fields[3] - fields[4]  # user nice system (idle iowait) irq softirq steal
+    return times.user + times.system, busy / os.sysconf("SC_CLK_TCK")
 
 
 def process_stats() -> tuple[float, int, int]:
@@ -229,6 +251,7 @@ class Sampler(threading.Thread):
         self._halt = threading.Event()
         self._last = start
         self._dropped = 0
+        self._cpu = cpu_seconds()
 
     def stop(self) -> None:
         self._halt.set()
@@ -246,6 +269,9 @@ class Sampler(threading.Thread):
     def sample(self, now: float) -> None:
         rss, fds, threads = process_stats()
         results, unreadable, latencies, pipe, status = self.window.take()
+        cpu = cpu_seconds()
+        ours, machine = cpu[0] - self._cpu[0], cpu[1] - self._cpu[1]
+        self._cpu = cpu
         elapsed = max(now - self._last, 1e-9)
         self._last = now
         dropped = getattr(status, "dropped", self._dropped)
@@ -255,6 +281,8 @@ class Sampler(threading.Thread):
             latency_p50=_percentile(latencies, 50), latency_p95=_percentile(latencies, 95),
             latency_max=max(latencies) if latencies else float("nan"), unreadable=unreadable,
             pipe_latency_p50=_percentile(pipe, 50), dropped_per_s=round((dropped - self._dropped) / elapsed, 3),
+            cpu_per_result=round(ours * 1e3 / results, 2) if results else float("nan"),
+            others_cpu=round(max(0.0, machine - ours) / elapsed, 3),
             frames_read=getattr(status, "frames", 0), dropped=dropped,
             reconnects=getattr(status, "reconnects", 0), gaps=getattr(status, "gaps", 0))
         self._dropped = dropped
@@ -307,11 +335,7 @@ def verdict(trends: dict[str, Trend], warmup: float) -> tuple[int, list[str]]:
     judged = {m.name: trends[m.name] for m in METRICS if m.worse is not None}
     bad = [(m, trends[m.name]) for m in METRICS if m.worse is not None and trends[m.name].flagged]
     if bad:
-        return 1, [f"FAIL: {m.name} trends {m.worse}: {tr.start:.1f} -> {tr.end:.1f} {m.unit} over "
-                   f"{tr.span / 60:.1f} min after the warm-up, {tr.slope_per_min:+.3f} {m.unit}/min "
-                   f"(a {'rise' if m.worse == 'up' else 'fall'} of {tr.rise:.1f} {m.unit}, "
-                   f"allowed {tr.threshold:.1f} = max({m.rel:.0%} of the median, {m.floor:g} {m.unit}, 3 standard "
-                   f"errors))".replace(" )", ")") for m, tr in bad]
+        return 1, [_failure(m, tr, trends.get("others_cpu")) for m, tr in bad]
     if not all(tr.judged for tr in judged.values()):
         notes: dict[str, list[str]] = {}
         for name, tr in judged.items():
@@ -322,6 +346,22 @@ def verdict(trends: dict[str, Trend], warmup: float) -> tuple[int, list[str]]:
     span = max(tr.span for tr in judged.values()) / 60
     return 0, [f"PASS: no judged metric ({', '.join(judged)}) trends the wrong way over {span:.1f} min "
                f"after a {warmup / 60:.1f} min warm-up"]
+
+
+LOAD_SENSITIVE = ("latency_p50", "fps", "cpu_per_result")  # what a neighbour's load moves too
+BUSIER = 0.25  # cores: other processes' CPU rising this much over the run makes a load-sensitive trend suspect
+
+
+def _failure(m: Metric, tr: Trend, others: Trend | None) -> str:
+    unit = f" {m.unit}" if m.unit else ""
+    line = (f"FAIL: {m.name} trends {m.worse}: {tr.start:.1f} -> {tr.end:.1f}{unit} over {tr.span / 60:.1f} min "
+            f"after the warm-up, {tr.slope_per_min:+.3f}{unit}/min (a {'rise' if m.worse == 'up' else 'fall'} of "
+            f"{tr.rise:.1f}{unit}; allowed {tr.threshold:.1f} = the most of {m.rel:.0%} of the median, "
+            f"{m.floor:g}{unit} and 3 standard errors)")
+    if m.name in LOAD_SENSITIVE and others is not None and others.judged and others.end - others.start > BUSIER:
+        line += (f"; other processes' CPU rose {others.start:.2f} -> {others.end:.2f} cores meanwhile: the machine "
+                 "got busier, rerun on a quiet one")
+    return line
 
 
 def write_out(path: Path, samples: Sequence[Sample], trends: dict[str, Trend], config: dict, code: int,

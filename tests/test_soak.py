@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from fractions import Fraction
 from pathlib import Path
 
@@ -94,10 +95,11 @@ def test_theil_sen_ignores_outliers_and_thins_long_series() -> None:
     assert theil_sen(t, y) == pytest.approx(2.0)
 
 
-def _samples(rss: np.ndarray) -> list[Sample]:
+def _samples(rss: np.ndarray, busy: np.ndarray | None = None) -> list[Sample]:
     return [Sample(t=float(t), wall="", rss=float(r), fds=12, threads=16, results=75, fps=15.0, latency_p50=150.0,
                    latency_p95=180.0, latency_max=200.0, unreadable=0, pipe_latency_p50=90.0, dropped_per_s=0.0,
-                   frames_read=75 * i, dropped=0, reconnects=0, gaps=0) for i, (t, r) in enumerate(zip(T, rss))]
+                   cpu_per_result=120.0, others_cpu=others, frames_read=75 * i, dropped=0, reconnects=0, gaps=0)
+            for i, (t, r, others) in enumerate(zip(T, rss, busy if busy is not None else np.zeros(T.size)))]
 
 
 def test_the_verdict_names_the_metric_its_levels_and_slope() -> None:
@@ -105,8 +107,12 @@ def test_the_verdict_names_the_metric_its_levels_and_slope() -> None:
     code, lines = verdict(judge(samples, 120), 120)
     assert code == 1 and len(lines) == 1
     assert lines[0].startswith("FAIL: rss trends up: 810.0 -> 885.8 MB over 27.9 min") and "+3.000 MB/min" in lines[0]
+    assert "busier" not in lines[0]  # memory is not what a neighbour's load moves
     table = curve_table(samples, judge(samples, 120))
-    assert "TRENDS UP" in table and table.count("flat") == 4  # fds, threads, latency_p50, fps
+    assert "TRENDS UP" in table and table.count("flat") == 5  # fds, threads, latency_p50, fps, cpu_per_result
+    slower = [replace(s, fps=15 - 0.003 * s.t) for s in _samples(np.full(T.size, 800.0), busy=0.2 + T / 1800)]
+    code, lines = verdict(judge(slower, 120), 120)  # fps falls while the neighbours take a core more
+    assert code == 1 and lines[0].startswith("FAIL: fps trends down") and "the machine got busier" in lines[0]
     code, lines = verdict(judge(_samples(np.full(T.size, 800.0)), 120), 120)
     assert code == 0 and lines[0].startswith("PASS:")
     code, lines = verdict(judge(_samples(np.full(T.size, 800.0))[:30], 120), 120)  # 2.5 min: 6 samples left
