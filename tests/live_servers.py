@@ -68,14 +68,20 @@ def rtsp_unavailable() -> str | None:
 
 
 class RtspServer:
-    """tests/rtsp_server.py in a child process of the system Python, H.264 on rtsp://127.0.0.1:PORT/PATH."""
+    """tests/rtsp_server.py in a child process of the system Python, H.264 on rtsp://127.0.0.1:PORT/PATH.
+
+    ``raw``: serve that file's I420 frames (width × height each) in a loop instead of a test
+    pattern; ``clock``: burn the wall-clock time into each frame (tests/clock_code.py);
+    ``exit_with_parent``: the server ends when this process dies, even by SIGKILL (Linux)."""
 
     def __init__(self, port: int | None = None, path: str = "/x", width: int = 320, height: int = 240,
                  fps: int = 15, user: str | None = None, password: str | None = None,
-                 codec: str = "h264") -> None:
+                 codec: str = "h264", raw: Path | None = None, clock: bool = False,
+                 exit_with_parent: bool = False) -> None:
         self.port = port if port is not None else free_port()
         self.path, self.width, self.height, self.fps = path, width, height, fps
         self.user, self.password, self.codec = user, password, codec
+        self.raw, self.clock, self.exit_with_parent = raw, clock, exit_with_parent
         self._proc: subprocess.Popen[bytes] | None = None
         self._stderr: tempfile._TemporaryFileWrapper[bytes] | None = None
 
@@ -112,6 +118,9 @@ class RtspServer:
                "--codec", self.codec]
         if self.user is not None:
             cmd += ["--user", self.user, "--password", self.password or ""]
+        cmd += ["--raw", str(self.raw)] if self.raw is not None else []
+        cmd += ["--clock"] if self.clock else []
+        cmd += ["--exit-with-parent"] if self.exit_with_parent else []
         # stderr to a file, not a pipe: GStreamer may log a lot and nobody drains it while serving.
         self._stderr = tempfile.TemporaryFile()
         self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,

@@ -1,0 +1,683 @@
+"""Soak: the pipeline on a live, looping RTSP feed for a long time; fails if memory, file
+descriptors, threads or latency creep up (or throughput creeps down).
+
+    python benchmarks/soak.py --minutes 30
+    python benchmarks/soak.py --minutes 3 --every 5 --preset road --backend onnxruntime --out soak.csv
+
+What runs: the local GStreamer RTSP test server (tests/rtsp_server.py on the system Python)
+serves VIDEO (default: the shared solidWhiteRight.mp4, 221 frames, so it loops every ~15 s at
+15 fps) over H.264/RTSP, paced as a live camera, with the wall-clock time burned into the top-left
+corner of every frame as 40 black and white blocks (tests/clock_code.py). The segengine
+Pipeline (the real PRESET with its real weights, on BACKEND; the overlay is rendered, no sinks)
+reads it like any camera. Every EVERY seconds the benchmark samples its own process: RSS, open
+file descriptors, OS threads (native ones included), and over the last window the results'
+rate, glass-to-glass latency, the pipeline's own capture-to-result latency, the process's CPU
+time per result, the CPU every other process used (a neighbour's load), and the source's
+counters (frames read, dropped, reconnects, timestamp gaps).
+
+Glass-to-glass latency, per result: the server reads ``time.time()`` (ms) right before it pushes
+the frame into its encoder and burns it into the picture; the benchmark reads ``time.time()``
+when the pipeline yields that frame's result (decoded, inferred, tracked, lanes fitted, overlay
+rendered) and decodes the time from ``result.frame.image``. Both clocks are this machine's
+CLOCK_REALTIME, so the difference is the whole path: encode, RTP over TCP, FFmpeg's RTSP demuxer
+and decoder, the capture queue, inference and the caller-side stages. Resolution 1 ms (the code
+carries whole milliseconds; both clock reads cost microseconds). A frame whose code does not
+read (CRC-8 and a contrast check refuse a smeared one), or that repeats the previous one (the
+encoder skipped those blocks), is counted as unreadable, never guessed.
+
+At the end: a table of each metric's curve (min, median, max, first, last, slope per minute over
+the samples after the warm-up) and a verdict. A metric trends when its robust slope (Theil-Sen:
+the median of all pairwise slopes, so a few spikes do not move it) times the judged span exceeds
+all of: REL of its median, an absolute floor, and 3 standard errors of that rise (the noise
+around the fitted line, from its MAD); METRICS below lists REL and the floor of each. Judged:
+rss, fds, threads, latency_p50, cpu_per_result (upward) and fps (downward); the rest is reported.
+A neighbour's load moves latency, fps and CPU per result too: a trend in one of those while the
+other processes' CPU use rose by over a quarter of a core says so; only a quiet machine gives a
+clean verdict on them.
+
+Exit codes: 0 no trend; 1 a trend (each named with its start and end level and slope) or the
+pipeline failed; 2 bad usage or a setup failure (no RTSP server, no weights); 3 too few samples
+after the warm-up to judge; 130/143 after Ctrl-C/SIGTERM, once the table and verdict of what was
+sampled are printed. Every thread and the server process are stopped on every path; the server
+also ends if this process is killed (PR_SET_PDEATHSIG).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import json
+import math
+import os
+import platform
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # tests/ (the RTSP server, the clock code), when run as a script
+SHARED = Path(os.environ.get("SEGENGINE_SHARED", REPO.parent / "shared"))
+DEFAULT_VIDEO = SHARED / "data" / "videos" / "udacity_lanelines_solidWhiteRight.mp4"
+
+
+# -- the trend detector (pure) ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Trend:
+    """One metric's verdict over the samples after the warm-up."""
+
+    judged: bool  # False: too few samples after the warm-up (``note`` says how many)
+    flagged: bool  # it moved the wrong way by more than ``threshold`` over the judged span
+    samples: int
+    slope: float  # units per second (Theil-Sen); NaN when not judged
+    rise: float  # slope × span, signed so that positive is the bad direction
+    threshold: float  # what ``rise`` had to exceed: max(rel × |median|, floor, sigmas × its standard error)
+    start: float  # median of the first tenth of the judged samples (at least 3)
+    end: float  # median of the last tenth
+    span: float  # seconds from the first to the last judged sample
+    note: str = ""
+
+    @property
+    def slope_per_min(self) -> float:
+        return self.slope * 60.0
+
+
+def theil_sen(t: np.ndarray, y: np.ndarray, max_points: int = 1000) -> float:
+    """The median of the slopes between all pairs of points (thinned evenly to ``max_points``)."""
+    if len(t) > max_points:
+        keep = np.linspace(0, len(t) - 1, max_points).round().astype(int)
+        t, y = t[keep], y[keep]
+    i, j = np.triu_indices(len(t), 1)
+    dt_ = t[j] - t[i]
+    ok = dt_ > 0
+    return float(np.median((y[j] - y[i])[ok] / dt_[ok]))
+
+
+def detect_trend(t: Sequence[float], y: Sequence[float], *, warmup: float, rel: float, floor: float,
+                 worse: str = "up", min_samples: int = 6, sigmas: float = 3.0) -> Trend:
+    """Does ``y`` (sampled at seconds ``t``) trend the ``worse`` way ("up" or "down") after ``warmup``?
+
+    Samples with t < ``warmup`` and NaN values are left out. Flagged when the Theil-Sen slope
+    times the judged span, in the bad direction, exceeds ``rel`` × |median|, ``floor`` (in the
+    metric's unit) and ``sigmas`` standard errors of that rise (noise: 1.4826 × the MAD of the
+    residuals around the fitted line; the standard error is least squares' for that noise).
+    """
+    if worse not in ("up", "down"):
+        raise ValueError(f"worse must be 'up' or 'down', got {worse!r}")
+    tt, yy = np.asarray(t, np.float64), np.asarray(y, np.float64)
+    if tt.shape != yy.shape:
+        raise ValueError(f"t and y differ in length: {tt.shape} vs {yy.shape}")
+    keep = np.isfinite(yy) & np.isfinite(tt) & (tt >= warmup)
+    tt, yy = tt[keep], yy[keep]
+    n = len(tt)
+    if n < max(min_samples, 3) or tt[-1] <= tt[0]:
+        nan = float("nan")
+        return Trend(False, False, n, nan, nan, nan, nan, nan, 0.0,
+                     f"{n} samples after the {warmup:.0f} s warm-up, {min_samples} needed")
+    slope = theil_sen(tt, yy)
+    residuals = yy - (float(np.median(yy - slope * tt)) + slope * tt)
+    noise = 1.4826 * float(np.median(np.abs(residuals - np.median(residuals))))
+    span = float(tt[-1] - tt[0])
+    standard_error = noise * span / (math.sqrt(n) * float(np.std(tt)))
+    threshold = max(rel * abs(float(np.median(yy))), floor, sigmas * standard_error)
+    rise = slope * span * (1.0 if worse == "up" else -1.0)
+    k = max(3, n // 10)
+    return Trend(True, rise > threshold, n, slope, rise, threshold, float(np.median(yy[:k])),
+                 float(np.median(yy[-k:])), span)
+
+
+# -- what is sampled -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    unit: str
+    worse: str | None  # "up"/"down": judged for a trend that way; None: reported only
+    rel: float = 0.0
+    floor: float = 0.0
+    what: str = ""
+
+
+METRICS = (
+    Metric("rss", "MB", "up", 0.05, 32.0, "resident memory of this process"),
+    Metric("fds", "", "up", 0.10, 4.0, "open file descriptors"),
+    Metric("threads", "", "up", 0.10, 2.0, "OS threads of this process (native ones included)"),
+    Metric("latency_p50", "ms", "up", 0.20, 25.0, "glass-to-glass latency, median over the window"),
+    Metric("latency_p95", "ms", None, what="glass-to-glass latency, 95th percentile over the window"),
+    Metric("pipe_latency_p50", "ms", None, what="the pipeline's own capture-to-result latency, median"),
+    Metric("fps", "fps", "down", 0.10, 0.5, "results a second over the window"),
+    Metric("cpu_per_result", "ms", "up", 0.15, 5.0, "CPU time of this process (all threads) per result: the "
+           "engine's own cost, which a busier machine hardly changes"),
+    Metric("dropped_per_s", "/s", None, what="frames the capture dropped a second (the latest-frame policy)"),
+    Metric("others_cpu", "core", None, what="CPU used by every other process (the server included), in cores: "
+           "a neighbour's load, which slows fps and latency without any fault of the engine"),
+)
+
+
+@dataclass
+class Sample:
+    t: float  # seconds since the first result
+    wall: str  # ISO time of the sample
+    rss: float
+    fds: int
+    threads: int
+    results: int  # in this window
+    fps: float
+    latency_p50: float
+    latency_p95: float
+    latency_max: float
+    unreadable: int  # results in this window whose clock code did not read
+    pipe_latency_p50: float
+    dropped_per_s: float
+    cpu_per_result: float  # ms
+    others_cpu: float  # cores
+    frames_read: int  # cumulative, the source's counters
+    dropped: int
+    reconnects: int
+    gaps: int
+
+
+def cpu_seconds() -> tuple[float, float]:
+    """(this process's CPU seconds, all threads; the whole machine's busy CPU seconds, from /proc/stat)."""
+    times = os.times()
+    with open("/proc/stat") as stat:
+        fields = [int(v) for v in stat.readline().split()[1:]]
+    busy = sum(fields[:8]) - fields[3] - fields[4]  # user nice system (idle iowait) irq softirq steal
+    return times.user + times.system, busy / os.sysconf("SC_CLK_TCK")
+
+
+def process_stats() -> tuple[float, int, int]:
+    """(RSS in MB, open file descriptors, OS threads) of this process, from /proc (Linux)."""
+    with open("/proc/self/statm") as statm:
+        rss = int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    fds = len(os.listdir("/proc/self/fd")) - 1  # less the one listdir itself holds open
+    with open("/proc/self/status") as status:
+        threads = next(int(line.split()[1]) for line in status if line.startswith("Threads:"))
+    return rss, fds, threads
+
+
+class Window:
+    """What the pipeline's thread hands the sampler between two samples (under a lock)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._latencies: list[float] = []
+        self._pipe: list[float] = []
+        self._results = self._unreadable = 0
+        self.status = None  # the latest result's SourceStatus
+
+    def add(self, latency_ms: float | None, pipe_latency_ms: float, status: object) -> None:
+        with self._lock:
+            self._results += 1
+            self._pipe.append(pipe_latency_ms)
+            if latency_ms is None:
+                self._unreadable += 1
+            else:
+                self._latencies.append(latency_ms)
+            self.status = status
+
+    def take(self) -> tuple[int, int, list[float], list[float], object]:
+        with self._lock:
+            taken = self._results, self._unreadable, self._latencies, self._pipe, self.status
+            self._results = self._unreadable = 0
+            self._latencies, self._pipe = [], []
+            return taken
+
+
+def _percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else float("nan")
+
+
+class Sampler(threading.Thread):
+    """Samples every ``every`` s from ``start``; at ``end`` takes the last sample and stops the pipeline."""
+
+    def __init__(self, window: Window, every: float, start: float, end: float, on_sample, stop_pipeline) -> None:
+        super().__init__(name="soak-sampler")
+        self.window, self.every, self.start_time, self.end = window, every, start, end
+        self.on_sample, self.stop_pipeline = on_sample, stop_pipeline
+        self.samples: list[Sample] = []
+        self._halt = threading.Event()
+        self._last = start
+        self._dropped = 0
+        self._cpu = cpu_seconds()
+
+    def stop(self) -> None:
+        self._halt.set()
+
+    def run(self) -> None:
+        due = self.start_time + self.every
+        while not self._halt.wait(max(0.0, min(due, self.end) - time.monotonic())):
+            now = time.monotonic()
+            self.sample(now)
+            if now >= self.end - 1e-3:
+                self.stop_pipeline()
+                return
+            due += self.every
+
+    def sample(self, now: float) -> None:
+        rss, fds, threads = process_stats()
+        results, unreadable, latencies, pipe, status = self.window.take()
+        cpu = cpu_seconds()
+        ours, machine = cpu[0] - self._cpu[0], cpu[1] - self._cpu[1]
+        self._cpu = cpu
+        elapsed = max(now - self._last, 1e-9)
+        self._last = now
+        dropped = getattr(status, "dropped", self._dropped)
+        sample = Sample(
+            t=round(now - self.start_time, 3), wall=dt.datetime.now().isoformat(timespec="seconds"),
+            rss=round(rss, 2), fds=fds, threads=threads, results=results, fps=round(results / elapsed, 3),
+            latency_p50=_percentile(latencies, 50), latency_p95=_percentile(latencies, 95),
+            latency_max=max(latencies) if latencies else float("nan"), unreadable=unreadable,
+            pipe_latency_p50=_percentile(pipe, 50), dropped_per_s=round((dropped - self._dropped) / elapsed, 3),
+            cpu_per_result=round(ours * 1e3 / results, 2) if results else float("nan"),
+            others_cpu=round(max(0.0, machine - ours) / elapsed, 3),
+            frames_read=getattr(status, "frames", 0), dropped=dropped,
+            reconnects=getattr(status, "reconnects", 0), gaps=getattr(status, "gaps", 0))
+        self._dropped = dropped
+        self.samples.append(sample)
+        self.on_sample(sample)
+
+
+# -- the report ------------------------------------------------------------------------------
+
+
+def judge(samples: Sequence[Sample], warmup: float) -> dict[str, Trend]:
+    t = [s.t for s in samples]
+    trends = {}
+    for m in METRICS:
+        y = [float(getattr(s, m.name)) for s in samples]
+        trends[m.name] = detect_trend(t, y, warmup=warmup, rel=m.rel, floor=m.floor, worse=m.worse or "up")
+    return trends
+
+
+def _fmt(value: float, digits: int = 1) -> str:
+    return "-" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
+
+
+def curve_table(samples: Sequence[Sample], trends: dict[str, Trend]) -> str:
+    head = (f"{'metric':<17} {'unit':<4} {'min':>8} {'median':>8} {'max':>8} {'first':>8} {'last':>8} "
+            f"{'slope/min':>10} {'rise':>8} {'allowed':>8}  verdict")
+    lines = [head, "-" * len(head)]
+    for m in METRICS:
+        y = np.array([float(getattr(s, m.name)) for s in samples], np.float64)
+        finite = y[np.isfinite(y)]
+        tr = trends[m.name]
+        stats = ([finite.min(), np.median(finite), finite.max()] if len(finite) else [math.nan] * 3)
+        first = next((v for v in y if math.isfinite(v)), math.nan)
+        last = next((v for v in y[::-1] if math.isfinite(v)), math.nan)
+        if not tr.judged:
+            verdict = "not judged: " + tr.note
+        elif m.worse is None:
+            verdict = "reported"
+        else:
+            verdict = ("TRENDS " + m.worse.upper()) if tr.flagged else "flat"
+        allowed = _fmt(tr.threshold) if tr.judged and m.worse else ""
+        lines.append(f"{m.name:<17} {m.unit:<4} {_fmt(stats[0]):>8} {_fmt(stats[1]):>8} {_fmt(stats[2]):>8} "
+                     f"{_fmt(first):>8} {_fmt(last):>8} {_fmt(tr.slope_per_min, 3):>10} "
+                     f"{_fmt(tr.rise) if m.worse else '':>8} {allowed:>8}  {verdict}")
+    return "\n".join(lines)
+
+
+def verdict(trends: dict[str, Trend], warmup: float) -> tuple[int, list[str]]:
+    """(exit code, lines): 1 with one line per metric that trends, 3 when nothing could be judged, else 0."""
+    judged = {m.name: trends[m.name] for m in METRICS if m.worse is not None}
+    bad = [(m, trends[m.name]) for m in METRICS if m.worse is not None and trends[m.name].flagged]
+    if bad:
+        return 1, [_failure(m, tr, trends.get("others_cpu")) for m, tr in bad]
+    if not all(tr.judged for tr in judged.values()):
+        notes: dict[str, list[str]] = {}
+        for name, tr in judged.items():
+            if not tr.judged:
+                notes.setdefault(tr.note, []).append(name)
+        missing = "; ".join(f"{', '.join(names)}: {note}" for note, names in notes.items())
+        return 3, [f"NO VERDICT: too few samples to judge ({missing}); run longer or sample more often (--every)"]
+    span = max(tr.span for tr in judged.values()) / 60
+    return 0, [f"PASS: no judged metric ({', '.join(judged)}) trends the wrong way over {span:.1f} min "
+               f"after a {warmup / 60:.1f} min warm-up"]
+
+
+LOAD_SENSITIVE = ("latency_p50", "fps", "cpu_per_result")  # what a neighbour's load moves too
+BUSIER = 0.25  # cores: other processes' CPU rising this much over the run makes a load-sensitive trend suspect
+
+
+def _failure(m: Metric, tr: Trend, others: Trend | None) -> str:
+    unit = f" {m.unit}" if m.unit else ""
+    line = (f"FAIL: {m.name} trends {m.worse}: {tr.start:.1f} -> {tr.end:.1f}{unit} over {tr.span / 60:.1f} min "
+            f"after the warm-up, {tr.slope_per_min:+.3f}{unit}/min (a {'rise' if m.worse == 'up' else 'fall'} of "
+            f"{tr.rise:.1f}{unit}; allowed {tr.threshold:.1f} = the most of {m.rel:.0%} of the median, "
+            f"{m.floor:g}{unit} and 3 standard errors)")
+    if m.name in LOAD_SENSITIVE and others is not None and others.judged and others.end - others.start > BUSIER:
+        line += (f"; other processes' CPU rose {others.start:.2f} -> {others.end:.2f} cores meanwhile: the machine "
+                 "got busier, rerun on a quiet one")
+    return line
+
+
+def write_out(path: Path, samples: Sequence[Sample], trends: dict[str, Trend], config: dict, code: int,
+              lines: list[str]) -> None:
+    rows = [asdict(s) for s in samples]
+    if path.suffix == ".csv":
+        with open(path, "w", newline="") as out:
+            writer = csv.DictWriter(out, fieldnames=list(Sample.__dataclass_fields__))
+            writer.writeheader()
+            writer.writerows(rows)
+    else:
+        def clean(v):
+            return None if isinstance(v, float) and not math.isfinite(v) else v
+
+        doc = {"config": config, "exit_code": code, "verdict": lines,
+               "trends": {k: {**{f: clean(v) for f, v in asdict(tr).items()}, "slope_per_min": clean(tr.slope_per_min)}
+                          for k, tr in trends.items()},
+               "samples": [{k: clean(v) for k, v in row.items()} for row in rows]}
+        path.write_text(json.dumps(doc, indent=1) + "\n")
+
+
+# -- running it ------------------------------------------------------------------------------
+
+
+def write_raw(video: Path, folder: Path, size: tuple[int, int] | None) -> tuple[Path, int, int, int]:
+    """The video's frames as back-to-back I420 (resized to ``size`` = (w, h) if given) in ``folder``:
+    (the file, width, height, frames)."""
+    import av
+
+    path = folder / "frames.i420"
+    count = 0
+    with av.open(str(video)) as container, open(path, "wb") as out:
+        for frame in container.decode(video=0):
+            w, h = size or (frame.width, frame.height)
+            w, h = w - w % 2, h - h % 2
+            out.write(frame.reformat(width=w, height=h, format="yuv420p").to_ndarray().tobytes())
+            count += 1
+    if not count:
+        raise ValueError(f"{video}: no video frames")
+    return path, w, h, count
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--minutes", type=float, default=30.0, help="how long to measure, from the first result")
+    parser.add_argument("--every", type=float, default=5.0, help="seconds between samples (default 5)")
+    parser.add_argument("--warmup", type=float, help="seconds of samples left out of the trends "
+                        "(default: 20 %% of the run, at most 120)")
+    parser.add_argument("--preset", default="road", help="the preset to run (default road)")
+    parser.add_argument("--backend", default="auto", help="auto, onnxruntime, openvino, tensorrt or torch")
+    parser.add_argument("--precision", default="auto", help="auto, fp32, bf16, int8 (the backend's)")
+    parser.add_argument("--interval", default="1", help="run the networks on every Nth frame, or auto")
+    parser.add_argument("--no-render", action="store_true", help="skip drawing the overlay")
+    parser.add_argument("--video", default=str(DEFAULT_VIDEO),
+                        help="what the server loops (default: the shared solidWhiteRight.mp4), or 'synthetic' "
+                             "for the server's own moving band")
+    parser.add_argument("--size", help="WxH the server serves (default: the video's own; 640x360 for synthetic)")
+    parser.add_argument("--fps", type=int, default=15, help="the feed's frame rate (default 15)")
+    parser.add_argument("--model-dir", help="weights mirror (default: $SEGENGINE_MODEL_DIR, else the shared "
+                        "folder's models/ where there is one)")
+    parser.add_argument("--out", action="append", type=Path, default=[],
+                        help="write the samples to FILE.csv, or samples + trends + verdict to FILE.json (repeatable)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    parser.add_argument("--progress-every", type=float, default=60.0,
+                        help="seconds between status lines when stderr is not a terminal (default 60)")
+    args = parser.parse_args(argv)
+    if not args.minutes > 0 or not args.every > 0:
+        parser.error("--minutes and --every must be > 0")
+    if args.every > args.minutes * 60:
+        parser.error(f"--every {args.every:g} s is longer than the run ({args.minutes * 60:g} s)")
+    for out in args.out:
+        if out.suffix not in (".csv", ".json"):
+            parser.error(f"--out {out}: the name must end in .csv or .json")
+    if args.size:
+        try:
+            w, h = (int(v) for v in args.size.lower().split("x"))
+        except ValueError:
+            parser.error(f"--size {args.size}: expected WxH, e.g. 960x540")
+        args.size = (w, h)
+    if args.video != "synthetic" and not Path(args.video).is_file():
+        parser.error(f"--video {args.video}: no such file (set SEGENGINE_SHARED, pass a video, or --video synthetic)")
+    if args.interval != "auto":
+        try:
+            args.interval = int(args.interval)
+        except ValueError:
+            parser.error(f"--interval {args.interval}: a whole number or auto")
+    duration = args.minutes * 60
+    args.warmup = min(120.0, 0.2 * duration) if args.warmup is None else args.warmup
+    if args.warmup < 0 or args.warmup >= duration:
+        parser.error(f"--warmup {args.warmup:g} s must be >= 0 and shorter than the run ({duration:g} s)")
+    return args
+
+
+def _exit_now(tmp: Path, code: int) -> None:
+    """A second signal during cleanup: the frames file goes, then the process (and with it the server)."""
+    shutil.rmtree(tmp, ignore_errors=True)
+    os._exit(code)
+
+
+OUR_THREADS = ("segengine", "capture:", "sink:", "soak-")  # the names the pipeline's and the soak's threads take
+
+
+def _remove_stale_frames(folder: Path) -> None:
+    """Frame files of earlier soaks that were killed (SIGKILL leaves them; ~170 MB each at 960x540)."""
+    for stale in folder.glob("soak-*-*"):
+        try:
+            pid = int(stale.name.split("-")[1])
+            os.kill(pid, 0)
+        except ValueError:
+            continue
+        except ProcessLookupError:
+            shutil.rmtree(stale, ignore_errors=True)
+        except PermissionError:  # alive, someone else's
+            continue
+
+
+class Terminated(Exception):
+    """SIGTERM, raised in the main thread so that the same cleanup runs as for Ctrl-C."""
+
+
+def _on_sigterm(_signum, _frame) -> None:
+    raise Terminated
+
+
+def _machine() -> str:
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as info:
+            model = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{model}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if not Path("/proc/self/statm").exists():
+        print("soak: needs Linux (/proc) to sample memory, file descriptors and threads", file=sys.stderr)
+        return 2
+
+    from segengine.models.zoo import WeightDirs
+    from tests.live_servers import rtsp_unavailable
+
+    reason = rtsp_unavailable()
+    if reason is not None:
+        print(f"soak: the RTSP test server cannot run: {reason}", file=sys.stderr)
+        return 2
+    duration = args.minutes * 60
+    shared_models = SHARED / "models"
+    dirs = WeightDirs.from_env(args.model_dir or os.environ.get("SEGENGINE_MODEL_DIR")
+                               or (shared_models if shared_models.is_dir() else None))
+    previous_sigterm = signal.signal(signal.SIGTERM, _on_sigterm)
+    run = Run(args, duration)
+    try:
+        _remove_stale_frames(Path(tempfile.gettempdir()))
+        with tempfile.TemporaryDirectory(prefix=f"soak-{os.getpid()}-") as tmp:
+            run.execute(Path(tmp), dirs)
+    except (KeyboardInterrupt, Terminated) as exc:  # before the pipeline's loop began
+        run.interrupted = run.interrupted or ("SIGINT" if isinstance(exc, KeyboardInterrupt) else "SIGTERM")
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, previous_sigterm)
+    return run.report(args)
+
+
+class Run:
+    """One soak: the server, the pipeline on the caller's thread, the sampler; then the report."""
+
+    def __init__(self, args: argparse.Namespace, duration: float) -> None:
+        self.args, self.duration = args, duration
+        self.window = Window()
+        self.sampler: Sampler | None = None
+        self.interrupted: str | None = None
+        self.failure: str | None = None
+        self.started = time.monotonic()
+        self.startup = float("nan")
+        self.config: dict = {}
+        self.bar = None
+        self._last_line = 0.0
+
+    def execute(self, tmp: Path, dirs) -> None:
+        from tqdm import tqdm
+
+        from segengine.backends.base import BackendOptions
+        from segengine.errors import EngineError
+        from segengine.pipeline import Pipeline
+        from tests import clock_code
+        from tests.live_servers import RtspServer
+
+        args = self.args
+        tqdm.monitor_interval = 0  # tqdm's monitor thread would be counted in the thread metric
+        try:
+            if args.video == "synthetic":
+                raw, (width, height), feed = None, args.size or (640, 360), "the server's moving band"
+            else:
+                raw, width, height, frames = write_raw(Path(args.video), tmp, args.size)
+                feed = f"{Path(args.video).name} ({frames} frames) looped"
+            clock_code.block_size(width, height)  # too small a frame fails here, not in the server
+            server = RtspServer(path="/soak", width=width, height=height, fps=args.fps, raw=raw, clock=True,
+                                exit_with_parent=True)
+            with server:
+                pipeline = Pipeline(server.url, preset=args.preset, backend=args.backend, dirs=dirs,
+                                    render=not args.no_render, interval=args.interval,
+                                    options=BackendOptions(precision=args.precision, dirs=dirs))
+                self.config = {
+                    "feed": feed, "url": server.url, "width": width, "height": height, "fps": args.fps,
+                    "preset": args.preset, "backend": pipeline.choice.name, "backend_reason": pipeline.choice.reason,
+                    "precision": args.precision, "interval": args.interval, "render": not args.no_render,
+                    "minutes": args.minutes, "every": args.every, "warmup": args.warmup, "machine": _machine(),
+                    "started": dt.datetime.now().isoformat(timespec="seconds")}
+                print(f"soak: {args.preset} on {pipeline.choice.name} ({pipeline.choice.reason}); feed {server.url}: "
+                      f"{feed}, {width}x{height} @ {args.fps} fps, clock burned in; {args.minutes:g} min from the "
+                      f"first result, a sample every {args.every:g} s, trends after {args.warmup:g} s; "
+                      f"{self.config['machine']}", file=sys.stderr, flush=True)
+                self.tty = not args.quiet and sys.stderr.isatty()
+                self.bar = tqdm(total=round(self.duration), unit="s", disable=not self.tty, file=sys.stderr,
+                                bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s{postfix}")
+                with pipeline:
+                    try:
+                        self._consume(pipeline, clock_code)
+                    except KeyboardInterrupt:
+                        self.interrupted = "SIGINT"
+                    except Terminated:
+                        self.interrupted = "SIGTERM"
+                    finally:
+                        # Cleanup is bounded (the pipeline's 5 s deadline, the server's 5 s grace); a
+                        # second signal during it ends at once (the server goes too: PR_SET_PDEATHSIG).
+                        signal.signal(signal.SIGINT, lambda *_: _exit_now(tmp, 130))
+                        signal.signal(signal.SIGTERM, lambda *_: _exit_now(tmp, 143))
+                        if self.sampler is not None:
+                            self.sampler.stop()
+                            self.sampler.join()
+                        self.bar.close()
+        except EngineError as exc:  # says what was wrong and what to do: no traceback needed
+            self.failure = f"{type(exc).__name__}: {exc}"
+        except Exception as exc:  # noqa: BLE001 - reported with its traceback, then the samples so far
+            traceback.print_exc()
+            self.failure = f"{type(exc).__name__}: {exc}"
+        if (self.failure is None and self.interrupted is None and self.sampler is not None
+                and self.sampler.samples and self.sampler.samples[-1].t < self.duration - self.args.every):
+            self.failure = f"the pipeline's results ended after {self.sampler.samples[-1].t:.0f} s"
+
+    def _consume(self, pipeline, clock_code) -> None:
+        """The pipeline's results on this thread, as a user would take them; each one's latency."""
+        last_code = None
+        for result in pipeline:
+            now_ms = time.time_ns() // 1_000_000
+            if self.sampler is None:  # the clock starts at the first result (graph built, feed flowing)
+                first = time.monotonic()
+                self.startup = first - self.started
+                self.sampler = Sampler(self.window, self.args.every, first, first + self.duration,
+                                       self._on_sample, pipeline.stop)
+                self.sampler.start()
+            code = clock_code.read_rgb(result.frame.image)
+            if code is not None and code == last_code:
+                code = None  # the encoder left the code's blocks as they were (skipped): not this frame's time
+            last_code = code if code is not None else last_code
+            latency = None if code is None else clock_code.latency_ms(code, now_ms)
+            if latency is not None and not -1000 < latency < 3_600_000:
+                latency = None  # a code that read but cannot be this feed's (a CRC collision)
+            self.window.add(latency, result.timings.get("latency", math.nan) * 1e3, result.source)
+
+    def _on_sample(self, s: Sample) -> None:
+        text = (f"{s.fps:.1f} fps, g2g p50 {_fmt(s.latency_p50, 0)} ms, rss {s.rss:.0f} MB, "
+                f"fds {s.fds}, threads {s.threads}, dropped {s.dropped}, reconnects {s.reconnects}")
+        if self.tty:
+            self.bar.n = min(self.duration, s.t)
+            self.bar.set_postfix_str(text)
+        elif not self.args.quiet and (s.t - self._last_line >= self.args.progress_every - 1e-3
+                                      or s.t >= self.duration - 1e-3):
+            self._last_line = s.t
+            print(f"soak: {s.t / 60:5.1f} min  {text}", file=sys.stderr, flush=True)
+
+    def report(self, args: argparse.Namespace) -> int:
+        interrupted, failure = self.interrupted, self.failure
+        signal_code = {"SIGINT": 130, "SIGTERM": 143}.get(interrupted or "", 0)
+        samples = self.sampler.samples if self.sampler is not None else []
+        if not samples:
+            what = failure or (f"interrupted by {interrupted}" if interrupted else "no result from the pipeline")
+            print(f"soak: {what}, before the first sample", file=sys.stderr)
+            return signal_code or 2
+        config, startup = self.config, self.startup
+        trends = judge(samples, args.warmup)
+        code, lines = verdict(trends, args.warmup)
+        if failure:
+            code, lines = 1, [f"FAIL: the pipeline failed after {samples[-1].t / 60:.1f} min: {failure}"] + lines
+        if interrupted:
+            lines.append(f"interrupted by {interrupted} after {samples[-1].t / 60:.1f} of {args.minutes:g} min: "
+                         "the verdict covers what was sampled")
+        last = samples[-1]
+        results = sum(s.results for s in samples)
+        unreadable = sum(s.unreadable for s in samples)
+        size = f"{config.get('width')}x{config.get('height')}"
+        print(f"\nsoak: {len(samples)} samples over {last.t / 60:.1f} min (start-up {startup:.1f} s to the first "
+              f"result); {config.get('preset')} on {config.get('backend')}, {size} @ {config.get('fps')} fps")
+        print(curve_table(samples, trends))
+        print(f"results {results} ({results / max(last.t, 1e-9):.2f} fps); source: {last.frames_read} frames read, "
+              f"{last.dropped} dropped ({last.dropped / max(last.frames_read, 1):.1%}), {last.reconnects} reconnects, "
+              f"{last.gaps} gaps; clock code unreadable in {unreadable} of {results} results; "
+              f"windows without a result: {sum(1 for s in samples if s.results == 0)}")
+        print("glass-to-glass: server clock read as the frame went to its encoder -> the pipeline yielding its result "
+              "(decoded, inferred, tracked, rendered); same machine's wall clock, 1 ms resolution")
+        for line in lines:
+            print(line)
+        left = [t.name for t in threading.enumerate() if t is not threading.main_thread() and t.is_alive()]
+        ours = [name for name in left if name.startswith(OUR_THREADS)]
+        if ours:
+            print(f"warning: threads of the pipeline or the soak still running after the cleanup: {', '.join(ours)}")
+        if len(left) > len(ours):  # e.g. OpenVINO's telemetry starts a concurrent.futures worker at import
+            print(f"(threads a library started and keeps: {', '.join(n for n in left if n not in ours)})")
+        for out in args.out:
+            write_out(out, samples, trends, config, code, lines)
+            print(f"samples written to {out}")
+        return signal_code or code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
