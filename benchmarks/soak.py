@@ -425,6 +425,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         "folder's models/ where there is one)")
     parser.add_argument("--out", action="append", type=Path, default=[],
                         help="write the samples to FILE.csv, or samples + trends + verdict to FILE.json (repeatable)")
+    parser.add_argument("--outputs", type=Path, metavar="DIR",
+                        help="also write the overlaid MP4 and the JSON lines into DIR (soak.mp4, soak.jsonl)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     parser.add_argument("--progress-every", type=float, default=60.0,
                         help="seconds between status lines when stderr is not a terminal (default 60)")
@@ -547,8 +549,10 @@ class Run:
         from tqdm import tqdm
 
         from segengine.backends.base import BackendOptions
+        from segengine.capture.factory import open_source
         from segengine.errors import EngineError
         from segengine.pipeline import Pipeline
+        from segengine.sinks.factory import open_sinks
         from tests import clock_code
         from tests.live_servers import RtspServer
 
@@ -564,8 +568,14 @@ class Run:
             server = RtspServer(path="/soak", width=width, height=height, fps=args.fps, raw=raw, clock=True,
                                 exit_with_parent=True)
             with server:
-                pipeline = Pipeline(server.url, preset=args.preset, backend=args.backend, dirs=dirs,
-                                    render=not args.no_render, interval=args.interval,
+                source, sinks = server.url, []
+                if args.outputs is not None:  # the real writers too: fragments, fdatasync, JSON lines
+                    source = open_source(server.url)
+                    source.open()
+                    sinks = open_sinks(output=args.outputs / "soak.mp4", json=args.outputs / "soak.jsonl",
+                                       show=False, image_dir=None, info=source.info, overwrite=True)
+                pipeline = Pipeline(source, preset=args.preset, backend=args.backend, dirs=dirs, sinks=sinks,
+                                    render=not args.no_render or bool(sinks), interval=args.interval,
                                     options=BackendOptions(precision=args.precision, dirs=dirs))
                 self.config = {
                     "feed": feed, "url": server.url, "width": width, "height": height, "fps": args.fps,
