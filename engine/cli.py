@@ -69,6 +69,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="the bare network: upstream's preprocessed float32 input and raw outputs")
     p.add_argument("--frame-size", type=_size, default=(720, 1280), metavar="WxH",
                    help="frame size the graph takes (default 1280x720)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output (once it is written)")
     _model_dir(p)
     p.set_defaults(func=_export)
 
@@ -264,18 +265,32 @@ def _models_fetch(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     from segengine.graph import compose
+    from segengine.sinks.outputs import check_outputs
+    from segengine.sinks.staging import StagedFile
 
     if args.output.suffix.lower() != ".onnx":
         raise ConfigError(f"{args.output}: the output file must end in .onnx")
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    check_outputs({"--output": args.output}, overwrite=args.overwrite)
     if args.raw:
         compose.model_names(args.name)  # names a preset too: say so clearly below
         if args.name in compose.PRESETS:
             raise ConfigError(f"--raw exports one bare network; {args.name} is a preset of "
                               f"{', '.join(compose.PRESETS[args.name])}")
-        path = compose.export_raw(args.name, args.output, _dirs(args))
+        graph = None
     else:
         graph = compose.build_graph(args.name, args.frame_size, _dirs(args))
-        path = compose.export_graph(graph, args.output)
+    # written beside the target and renamed once whole: a failed export leaves an existing file as it was
+    staged = StagedFile(args.output, "the graph")
+    try:
+        if graph is None:
+            compose.export_raw(args.name, staged.path, _dirs(args))
+        else:
+            compose.export_graph(graph, staged.path)
+        path = staged.commit()
+    finally:
+        if not staged.done:
+            staged.discard()
     print(f"wrote {path}")
     return EXIT_OK
 

@@ -6,8 +6,17 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, settings
 
 from segengine.models import zoo
+
+# Property tests of the parsers a user's file reaches (tests/test_fuzz_*.py): a short, repeatable
+# run in CI; HYPOTHESIS_PROFILE=long for a campaign (benchmarks/fuzz.py runs it and counts).
+settings.register_profile("ci", max_examples=60, deadline=None, derandomize=True, print_blob=True,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("long", max_examples=3000, deadline=None, print_blob=True,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("SEGENGINE_SHARED", REPO.parent / "shared"))

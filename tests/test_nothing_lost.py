@@ -93,6 +93,25 @@ def test_classes_without_a_model_is_an_error(tmp_path: Path) -> None:
 
 # -- staged outputs: replaced only by a run that finished -----------------------------------------
 
+def test_export_refuses_an_existing_graph_and_a_failed_export_leaves_it_as_it_was(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from segengine.cli import main
+    from segengine.graph import compose
+
+    old = tmp_path / "t.onnx"
+    old.write_bytes(b"yesterday's graph")
+    assert main(["export", "twinlitenet", "--raw", "-o", str(old)]) == 2  # exists, no --overwrite
+
+    def fails(name: str, path: Path, dirs: object) -> Path:
+        Path(path).write_bytes(b"half a graph")
+        raise MemoryError("the exporter ran out of memory")
+
+    monkeypatch.setattr(compose, "export_raw", fails)
+    with pytest.raises(MemoryError):
+        main(["export", "twinlitenet", "--raw", "-o", str(old), "--overwrite"])
+    assert old.read_bytes() == b"yesterday's graph" and sorted(tmp_path.iterdir()) == [old]
+
+
 def test_staged_file_is_private_to_nobody_and_commits_atomically(tmp_path: Path) -> None:
     target = tmp_path / "out.jsonl"
     target.write_text("old\n")
