@@ -10,8 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from segengine.errors import ConfigError, EngineError, OutOfMemory, SinkError
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_SIGINT = 0, 1, 2, 130
+from segengine.exit_codes import EXIT_DAMAGED, EXIT_FAILED, EXIT_OK, EXIT_SIGINT, EXIT_USAGE
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -332,6 +331,9 @@ def _track(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     if not args.quiet:
         print(summary.line())
+    if summary.damaged:  # done, but the input was damaged (said even with -q)
+        print(f"segengine: the input was damaged: {summary.damaged}", file=sys.stderr)
+        return EXIT_DAMAGED
     return EXIT_OK
 
 

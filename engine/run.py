@@ -15,6 +15,7 @@ from segengine.capture.base import SourceOptions
 from segengine.capture.factory import open_source
 from segengine.capture.redact import Redactor
 from segengine.errors import ConfigError, DownloadError, EngineError, ModelError
+from segengine.exit_codes import EXIT_DAMAGED, EXIT_FAILED, EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM
 from segengine.graph.prepare import GraphTarget
 from segengine.interval import check_interval
 from segengine.logs import configure as configure_logging
@@ -22,13 +23,6 @@ from segengine.pipeline import Pipeline
 from segengine.sinks.base import finish
 from segengine.sinks.factory import open_sinks
 from segengine.sinks.outputs import check_outputs, input_paths
-
-# Exit codes, one meaning each (README "Exit codes"): 0 done; 1 the engine or an output failed
-# while running (disk full, out of memory, reconnects given up); 2 bad usage or bad input, found
-# before any frame was processed (cli.py); 3 done, but the input was damaged (corrupt frames
-# skipped, or a file that ended before its declared length): the outputs are complete for what
-# could be read; 130/143 stopped by SIGINT/SIGTERM, outputs finalised.
-EXIT_OK, EXIT_FAILED, EXIT_DAMAGED, EXIT_SIGINT, EXIT_SIGTERM = 0, 1, 3, 130, 143
 
 
 class _Signals:

@@ -19,14 +19,16 @@ instance``, so ``class_id = id // 1000`` and ``instance = id % 1000``; instances
 class from 1 in order of first appearance (at most 999 a class). Class 10 (id 10000) marks
 ignore regions in ground truth and is skipped on input. The MOTS evaluators refuse overlapping
 masks in a frame, so where written masks overlap the higher-scoring track keeps the pixels.
+
+Every number is held to the bounds of :mod:`segengine.tracking.limits` (a bad line is a
+ConfigError naming the file and line); a cut-off last line is left out and noted in a ``Damage``
+(:mod:`segengine.tracking.lines`).
 """
 
 from __future__ import annotations
 
 import configparser
-import json
 import math
-import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,13 +41,39 @@ from pycocotools import mask as mask_utils
 from segengine.errors import ConfigError
 from segengine.rle import encode_mask
 from segengine.tracking.base import Detections
+from segengine.tracking.jsonl_lines import Record, instance_layer, parse_record
+from segengine.tracking.limits import (
+    MAX_CLASS_ID,
+    MAX_DETECTIONS,
+    MAX_FPS,
+    MAX_FRAME_GAP,
+    MAX_FRAME_MASK_CELLS,
+    MIN_FPS,
+)
+from segengine.tracking.lines import (
+    RLE_COUNTS,
+    Damage,
+    Line,
+    OnBytes,
+    clip,
+    coordinate,
+    frame_number,
+    integer,
+    is_number,
+    mask_size,
+    number,
+    parsed,
+    read_lines,
+    rle_error,
+)
+
+__all__ = ["FORMATS", "GRID_FACTOR", "Damage", "FrameDets", "MaskGrid", "detect_format", "frame_rate",
+           "instance_layer", "read_frames", "to_coco"]
 
 FORMATS = ("mot", "mots", "jsonl")
 GRID_FACTOR = 4  # masks go to the tracker at 1/4 resolution: 16× less work per mask IoU
 MOT_CLASS = 1  # MOTChallenge's "pedestrian": MOT boxes carry no class of their own
 MOTS_IGNORE_CLASS = 10
-_RLE_COUNTS = re.compile(r"[0-o]+")  # pycocotools' compressed counts: characters 48 ('0') to 111 ('o')
-OnBytes = Callable[[int], None]
 
 
 @dataclass(frozen=True)
@@ -112,133 +140,150 @@ def detect_format(path: Path) -> str:
     separated by spaces), from the first line that is not blank."""
     if path.suffix.lower() == ".jsonl":
         return "jsonl"
-    for lineno, text in _lines(path):
+    for line in read_lines(path):
+        text = line.text
         if text.startswith("{"):
             return "jsonl"
         if "," in text:
             return "mot"
         fields = text.split()
-        if len(fields) == 6 or (len(fields) == 7 and not _is_number(fields[-1])):
+        if len(fields) == 6 or (len(fields) == 7 and not is_number(fields[-1])):
             return "mots"
-        if len(fields) >= 7 and all(_is_number(v) for v in fields):
+        if len(fields) >= 7 and all(is_number(v) for v in fields):
             return "mot"  # MOT written with spaces, as some tools do
-        raise ConfigError(f"{path} line {lineno}: cannot tell the format: expected MOT "
-                          f"(frame,id,x,y,w,h,conf,...), MOTS (frame id class_id height width rle) or a "
-                          f"JSON object; got {_clip(text)}. Name it with --format mot|mots|jsonl")
+        raise line.error(f"cannot tell the format: expected MOT (frame,id,x,y,w,h,conf,...), MOTS (frame id "
+                         f"class_id height width rle) or a JSON object; got {clip(text, 80)}. "
+                         f"Name it with --format mot|mots|jsonl")
     return "mot" if path.suffix.lower() == ".txt" else "jsonl"
 
 
 def frame_rate(path: Path, fps: float | None) -> float:
     """``fps`` when given, else ``frameRate`` from a MOTChallenge seqinfo.ini beside the file
     (or one folder up: seq/det/det.txt, seq/seqinfo.ini), else 25."""
+    bounds = f"{MIN_FPS:g} … {MAX_FPS:,.0f}"
     if fps is not None:
         if not fps > 0:
             raise ConfigError(f"--fps must be positive, got {fps}")
+        if not MIN_FPS <= fps <= MAX_FPS:  # frame / fps must stay a time the tracker can step by
+            raise ConfigError(f"--fps {fps:g} is out of range: expected {bounds}")
         return float(fps)
     for ini in (path.parent / "seqinfo.ini", path.parent.parent / "seqinfo.ini"):
         if ini.is_file():
             parser = configparser.ConfigParser()
             try:
                 parser.read(ini)
-                rate = float(parser["Sequence"]["frameRate"])
+                rate = number(parser["Sequence"]["frameRate"].strip(), "frameRate")
             except (configparser.Error, KeyError, ValueError) as exc:
                 raise ConfigError(f"{ini}: expected [Sequence] frameRate=<number>: {exc}") from None
             if rate > 0:
+                if not MIN_FPS <= rate <= MAX_FPS:
+                    raise ConfigError(f"{ini}: frameRate {rate:g} is out of range: expected {bounds} "
+                                      f"(or give --fps)")
                 return rate
     return 25.0
 
 
-def read_frames(path: Path, fmt: str, fps: float, on_bytes: OnBytes | None = None) -> Iterator[FrameDets]:
+def read_frames(path: Path, fmt: str, fps: float, on_bytes: OnBytes | None = None,
+                damage: Damage | None = None) -> Iterator[FrameDets]:
+    """The frames of ``path`` in order. ``damage``: where a cut-off last line is noted (the
+    frames before it are yielded); without one it is a ConfigError like any bad line."""
     readers = {"mot": _read_mot, "mots": _read_mots, "jsonl": _read_jsonl}
     if fmt not in readers:
         raise ConfigError(f"unknown format {fmt!r}: expected one of {', '.join(FORMATS)}")
-    return readers[fmt](path, fps, on_bytes)
+    return readers[fmt](path, fps, on_bytes, damage)
 
 
 # --- reading -------------------------------------------------------------------------------
 
-def _lines(path: Path, on_bytes: OnBytes | None = None) -> Iterator[tuple[int, str]]:
-    """(line number, stripped text) of the non-blank lines; bytes go to ``on_bytes`` for progress."""
-    try:
-        f = open(path, "rb")
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
-    with f:
-        for lineno, raw in enumerate(f, 1):
-            if on_bytes is not None:
-                on_bytes(len(raw))
-            try:
-                text = raw.decode("utf-8").strip()
-            except UnicodeDecodeError:
-                raise ConfigError(f"{path} line {lineno}: expected text, got bytes that are not UTF-8") from None
-            if text:
-                yield lineno, text
-
-
-def _by_frame(path: Path, rows: Iterator[tuple[int, int, Any]]) -> Iterator[tuple[int, list[Any]]]:
-    """Group (line, frame, item) rows into frames, yielding the empty frames in between too."""
+def _by_frame(rows: Iterator[tuple[Line, tuple[int, Any]]],
+              limit: Callable[[], int] = lambda: MAX_DETECTIONS) -> Iterator[tuple[int, list[Any]]]:
+    """Group (line, (frame, item)) rows into frames, yielding the empty frames in between too;
+    ``limit()``: the most items a frame may have."""
     frame, items, last_line = None, [], 0
-    for lineno, f, item in rows:
+    for line, (f, item) in rows:
         if frame is not None and f < frame:
-            raise ConfigError(f"{path} line {lineno}: frame {f} comes after frame {frame} (line {last_line}): "
-                              f"the file must be sorted by frame; sort it first, e.g. "
-                              f"sort -s -n -t, -k1,1 (MOT) or sort -s -n -k1,1 (MOTS)")
+            raise line.error(f"frame {f} comes after frame {frame} (line {last_line}): the file must be sorted "
+                             f"by frame; sort it first, e.g. sort -s -n -t, -k1,1 (MOT) or sort -s -n -k1,1 (MOTS)")
         if frame is not None and f > frame:
+            if f - frame > MAX_FRAME_GAP:  # each frame between is a tracker step: bound the time it takes
+                raise line.error(f"frame {f} comes {f - frame:,} frames after frame {frame} (line {last_line}), "
+                                 f"over the {MAX_FRAME_GAP:,} (≈ 2.8 h at 25 fps) a file may skip: a frame number "
+                                 f"is wrong, or split the file there")
             yield frame, items
-            for gap in range(frame + 1, f):
-                yield gap, []
+            yield from ((gap, []) for gap in range(frame + 1, f))
             items = []
-        frame, last_line = f, lineno
+        frame, last_line = f, line.number
+        if len(items) >= limit():
+            raise line.error(f"frame {f} has more than {limit():,} detections, the most a frame may have "
+                             f"(at most {MAX_DETECTIONS:,}, fewer for big masks); is the frame column right?")
         items.append(item)
     if frame is not None:
         yield frame, items
 
 
-def _read_mot(path: Path, fps: float, on_bytes: OnBytes | None) -> Iterator[FrameDets]:
-    def rows() -> Iterator[tuple[int, int, tuple[float, ...]]]:
-        for lineno, text in _lines(path, on_bytes):
-            fields = [v.strip() for v in text.split(",")] if "," in text else text.split()
-            try:
-                frame, values = _frame_number(fields[0]), [float(v) for v in fields[2:7]]
-                if len(fields) < 7 or not all(map(math.isfinite, values)) or min(values[2:4]) < 0:
-                    raise ValueError
-            except (ValueError, IndexError):
-                raise ConfigError(f"{path} line {lineno}: expected MOT fields frame,id,x,y,w,h,conf[,x,y,z] "
-                                  f"(at least 7 numbers, w and h not negative), got {_clip(text)}") from None
-            yield lineno, frame, tuple(values)
+def _mot_row(line: Line) -> tuple[int, tuple[float, ...]]:
+    text = line.text
+    fields = [v.strip() for v in text.split(",")] if "," in text else text.split()
+    try:
+        if len(fields) < 7:
+            raise ValueError(f"{len(fields)} fields")
+        frame = frame_number(fields[0])
+        number(fields[1], "id")
+        x, y, w, h = (coordinate(v, name) for v, name in zip(fields[2:6], "xywh"))
+        if w < 0 or h < 0:
+            raise ValueError("w or h is negative")
+        conf = number(fields[6], "conf")
+    except ValueError as exc:
+        raise line.error(f"expected MOT fields frame,id,x,y,w,h,conf[,x,y,z] (at least 7 numbers, w and h not "
+                         f"negative): {exc}; got {clip(text, 80)}") from None
+    return frame, (x, y, w, h, conf)
 
-    for frame, items in _by_frame(path, rows()):
+
+def _read_mot(path: Path, fps: float, on_bytes: OnBytes | None, damage: Damage | None) -> Iterator[FrameDets]:
+    for frame, items in _by_frame(parsed(read_lines(path, on_bytes), _mot_row, damage)):
         a = np.array(items, np.float64).reshape(-1, 5)
         boxes = np.concatenate([a[:, :2], a[:, :2] + a[:, 2:4]], axis=1)
         dets = Detections(boxes, a[:, 4].copy(), np.full(len(a), MOT_CLASS, np.int64))
         yield FrameDets(frame, frame / fps, dets)
 
 
-def _read_mots(path: Path, fps: float, on_bytes: OnBytes | None) -> Iterator[FrameDets]:
-    def rows() -> Iterator[tuple[int, int, tuple[int, float, dict[str, Any], int]]]:
-        for lineno, text in _lines(path, on_bytes):
-            fields = text.split()
-            try:
-                if len(fields) not in (6, 7):
-                    raise ValueError
-                score = float(fields[3]) if len(fields) == 7 else 1.0
-                frame, class_id = _frame_number(fields[0]), int(fields[2])
-                h, w = int(fields[-3]), int(fields[-2])
-                if h <= 0 or w <= 0 or not math.isfinite(score):
-                    raise ValueError
-                if not _RLE_COUNTS.fullmatch(fields[-1]):
-                    raise ValueError
-                rle = {"size": [h, w], "counts": fields[-1]}
-            except ValueError:
-                raise ConfigError(f"{path} line {lineno}: expected MOTS fields 'frame id class_id height width "
-                                  f"rle' or 'frame -1 class_id score height width rle', got {_clip(text)}") from None
-            if class_id != MOTS_IGNORE_CLASS:
-                yield lineno, frame, (class_id, score, rle, lineno)
+def _read_mots(path: Path, fps: float, on_bytes: OnBytes | None, damage: Damage | None) -> Iterator[FrameDets]:
+    grid: MaskGrid | None = None  # fixed by the first mask: the tracker needs one resolution
 
-    grid: MaskGrid | None = None
-    for frame, items in _by_frame(path, rows()):
+    def row(line: Line) -> tuple[int, tuple[int, float, dict[str, Any], int]] | None:
+        nonlocal grid
+        text = line.text
+        fields = text.split()
+        try:
+            if len(fields) not in (6, 7):
+                raise ValueError(f"{len(fields)} fields")
+            frame = frame_number(fields[0])
+            integer(fields[1], "id", -1, 1 << 62)
+            class_id = integer(fields[2], "class_id", 0, MAX_CLASS_ID)
+            score = number(fields[3], "score") if len(fields) == 7 else 1.0
+            h, w = integer(fields[-3], "height", 0, 1 << 62), integer(fields[-2], "width", 0, 1 << 62)
+            if (why := mask_size(h, w)) is not None:
+                raise ValueError(why)
+            if not RLE_COUNTS.fullmatch(fields[-1]):
+                raise ValueError("the rle is not a compressed COCO RLE (characters '0' to 'o')")
+        except ValueError as exc:
+            raise line.error(f"expected MOTS fields 'frame id class_id height width rle' or 'frame -1 class_id "
+                             f"score height width rle': {exc}; got {clip(text, 80)}") from None
+        if (why := rle_error(fields[-1], h * w)) is not None:
+            raise line.error(f"expected a COCO RLE mask of [{h}, {w}]: {why}; got counts {clip(fields[-1], 80)}")
+        if class_id == MOTS_IGNORE_CLASS:
+            return None
+        if grid is not None and (h, w) != grid.frame_size:
+            raise line.error(f"a mask of size [{h}, {w}] but earlier lines' are {list(grid.frame_size)}: one file "
+                             f"must keep one frame size")
+        grid = grid or MaskGrid((h, w))
+        return frame, (class_id, score, {"size": [h, w], "counts": fields[-1]}, line.number)
+
+    def limit() -> int:
+        return MAX_DETECTIONS if grid is None else min(MAX_DETECTIONS, _mask_budget(grid))
+
+    for frame, items in _by_frame(parsed(read_lines(path, on_bytes), row, damage), limit):
         rles = [rle for _, _, rle, _ in items]
-        grid = _grid(path, frame, grid, [tuple(r["size"]) for r in rles])
         masks = _grid_masks(path, grid, rles, [n for *_, n in items])
         # boxes from the masks' extent, as the MOTS files have none
         xywh = np.array([mask_utils.toBbox(to_coco(r)) for r in rles], np.float64).reshape(-1, 4)
@@ -248,71 +293,47 @@ def _read_mots(path: Path, fps: float, on_bytes: OnBytes | None) -> Iterator[Fra
         yield FrameDets(frame, frame / fps, dets, rles, grid)
 
 
-def instance_layer(record: dict[str, Any]) -> str | None:
-    """The name of a segengine JSON line's first instances layer (schema 2), or None."""
-    layers = record.get("layers")
-    if not isinstance(layers, dict):
-        return None
-    return next((name for name, layer in layers.items() if isinstance(layer, dict)
-                 and layer.get("kind") == "instances"), None)
+def _read_jsonl(path: Path, fps: float, on_bytes: OnBytes | None, damage: Damage | None) -> Iterator[FrameDets]:
+    grid: MaskGrid | None = None  # fixed by the first masks: the tracker needs one resolution
+    streams: list[Any] = []  # the first line's stream
 
+    def check(line: Line) -> Record:
+        nonlocal grid
+        rec = parse_record(line)
+        stream = rec.record.get("stream")
+        if streams and stream != streams[0]:  # one tracker, one video: ids across streams mean nothing
+            raise line.error(f"stream {stream!r} after stream {streams[0]!r}: split the file by stream")
+        if rec.items and (grid is not None or any(m is not None for m in rec.masks)):
+            if grid is not None and rec.size != grid.frame_size:
+                raise line.error(f"frame {rec.frame} has masks of size {list(rec.size)} but earlier frames "
+                                 f"{list(grid.frame_size)}: one file must keep one frame size")
+            if len(rec.items) > _mask_budget(MaskGrid(rec.size)):
+                raise line.error(f"{len(rec.items):,} masks of {list(rec.size)}: over the {MAX_FRAME_MASK_CELLS:,} "
+                                 f"cells of the tracker's grid a frame's masks may take")
+            grid = grid or MaskGrid(rec.size)
+        streams[:1] = [stream]
+        return rec
 
-def instance_items(record: dict[str, Any]) -> list[dict[str, Any]] | None:
-    name = instance_layer(record)
-    return None if name is None else record["layers"][name]["items"]
-
-
-def _read_jsonl(path: Path, fps: float, on_bytes: OnBytes | None) -> Iterator[FrameDets]:
-    grid: MaskGrid | None = None
-    stream: str | None = None
-    for lineno, text in _lines(path, on_bytes):
-        try:
-            record = json.loads(text)
-            if isinstance(record, dict) and "layers" not in record and "instances" in record:
-                raise ValueError("written by an older segengine (schema 1, top-level instances): run "
-                                 "`segengine run` again to write schema 2")
-            frame, size = _frame_number(record["frame"]), tuple(int(v) for v in record["size"])
-            pts = record.get("pts")
-            t = float(pts) if isinstance(pts, (int, float)) else frame / fps
-            found = instance_items(record) or []
-            boxes = np.array([[float(v) for v in i["box"]] for i in found], np.float64).reshape(-1, 4)
-            scores = np.array([float(i["score"]) for i in found], np.float64)
-            class_ids = np.array([int(i["class_id"]) for i in found], np.int64)
-            given = [i.get("mask") for i in found]
-            if len(size) != 2 or min(size) <= 0 or boxes.shape != (len(found), 4):
-                raise ValueError("bad size or box")
-            if not all(m is None or (tuple(m["size"]) == size and m["counts"]) for m in given):
-                raise ValueError(f"a mask is not an RLE of the frame's size {list(size)}")
-            stream = stream if stream is not None else record.get("stream")
-            if record.get("stream") != stream:  # one tracker, one video: ids across streams mean nothing
-                raise ValueError(f"stream {record.get('stream')!r} after stream {stream!r}: split the file by stream")
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise ConfigError(f"{path} line {lineno}: expected a segengine JSON line: frame, size [h, w] and "
-                              f"an instances layer whose items have box [x1, y1, x2, y2], score, class_id and "
-                              f"an optional mask RLE "
-                              f"({type(exc).__name__}: {exc}), got {_clip(text)}") from None
+    for line, rec in parsed(read_lines(path, on_bytes), check, damage):
+        found = rec.items
+        boxes = np.array([i["box"] for i in found], np.float64).reshape(-1, 4)
+        scores = np.array([i["score"] for i in found], np.float64)
+        class_ids = np.array([i["class_id"] for i in found], np.int64)
         rles = None
-        if any(m is not None for m in given):
-            grid = _grid(path, frame, grid, [size])
-            # a rare instance with no mask gets its box as one, so the frame's masks stay N×h×w
-            rles = [m if m is not None else encode_mask(_box_mask(size, b)) for m, b in zip(given, boxes)]
-        if rles:
-            masks = _grid_masks(path, grid, rles, [lineno] * len(rles))
+        if found and grid is not None:
+            # an instance with no mask gets its box as one, so the frame's masks stay N×h×w
+            rles = [m if m is not None else encode_mask(_box_mask(rec.size, b)) for m, b in zip(rec.masks, boxes)]
+            masks = _grid_masks(path, grid, rles, [line.number] * len(rles))
         else:  # an empty frame of a masked run still has masks: 0×h×w
-            masks = np.zeros((0, *grid.shape), np.uint8) if grid is not None and not found else None
+            masks = np.zeros((0, *grid.shape), np.uint8) if grid is not None else None
         dets = Detections(boxes, scores, class_ids, masks)
-        yield FrameDets(frame, t, dets, rles, grid, record)
+        t = rec.pts if rec.pts is not None else rec.frame / fps
+        yield FrameDets(rec.frame, t, dets, rles, grid, rec.record)
 
 
-def _grid(path: Path, frame: int, grid: MaskGrid | None, sizes: list[tuple[int, ...]]) -> MaskGrid | None:
-    """The run's mask grid, fixed by the first masks seen: the tracker needs one resolution."""
-    for size in sizes:
-        if grid is None:
-            grid = MaskGrid((int(size[0]), int(size[1])))
-        elif tuple(size) != grid.frame_size:
-            raise ConfigError(f"{path}: frame {frame} has masks of size {list(size)} but earlier frames "
-                              f"{list(grid.frame_size)}: one file must keep one frame size")
-    return grid
+def _mask_budget(grid: MaskGrid) -> int:
+    """How many masks of a frame fit in the tracker's memory bound (limits.py)."""
+    return MAX_FRAME_MASK_CELLS // (grid.shape[0] * grid.shape[1])
 
 
 def _grid_masks(path: Path, grid: MaskGrid | None, rles: list[dict[str, Any]], lines: list[int]) -> np.ndarray | None:
@@ -324,13 +345,12 @@ def _grid_masks(path: Path, grid: MaskGrid | None, rles: list[dict[str, Any]], l
             coco = to_coco(rle)
             full = mask_utils.decode(coco)  # uint8 0/1: only its box is read, so no bool copy of it all
             box = mask_utils.toBbox(coco)
-            # pycocotools refuses runs longer than height × width but leaves the rest of the mask
-            # uninitialised when they fall short: garbage shows as pixels that no run set
+            # the runs were checked to add up (lines.rle_error); this only guards pycocotools itself
             if np.count_nonzero(full) != mask_utils.area(coco):
                 raise ValueError
         except (ValueError, TypeError):
             raise ConfigError(f"{path} line {lineno}: expected a COCO RLE mask of {rle.get('size')}, "
-                              f"got counts {_clip(str(rle.get('counts')))}") from None
+                              f"got counts {clip(str(rle.get('counts')), 80)}") from None
         out[k] = grid.down(full, box)
     return out
 
@@ -342,24 +362,6 @@ def _box_mask(size: tuple[int, ...], box: np.ndarray) -> np.ndarray:
     return m
 
 
-def _frame_number(value: Any) -> int:
-    f = float(value)
-    if f != int(f) or f < 0:
-        raise ValueError(f"frame {value!r} is not a whole number ≥ 0")
-    return int(f)
-
-
 def to_coco(rle: dict[str, Any]) -> dict[str, Any]:
     counts = rle["counts"]
     return {"size": list(rle["size"]), "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
-
-
-def _is_number(text: str) -> bool:
-    try:
-        return math.isfinite(float(text))
-    except ValueError:
-        return False
-
-
-def _clip(text: str, limit: int = 80) -> str:
-    return repr(text if len(text) <= limit else text[:limit] + "…")

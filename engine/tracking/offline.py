@@ -1,13 +1,16 @@
 """Re-tracking saved detections: a MOT, MOTS or segengine JSONL file in, the same format out.
 
 Frames stream through ``MaskTracker.step`` one at a time (a frame with no detections still
-steps, so lost tracks age), and tracks are written as they come. The output goes to
-``<dst>.part`` first and is renamed at the end, so a malformed line half-way leaves no
-half-written results file behind to be scored by mistake.
+steps, so lost tracks age), and tracks are written as they come. The output is staged beside
+``dst`` (``segengine.sinks.staging``) and renamed onto it at the end, so a malformed line
+half-way leaves no half-written results file behind to be scored by mistake, and an existing
+``dst`` untouched. A cut-off last line (a file still being written, or cut by a crash) is no
+failure: the frames before it are tracked and written, and ``TrackSummary.damaged`` says so.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -19,9 +22,10 @@ from tqdm import tqdm
 
 from segengine.errors import ConfigError
 from segengine.rle import encode_mask
+from segengine.sinks.staging import StagedFile
 from segengine.tracking.association import BoxGrid
 from segengine.tracking.base import TrackedObjects
-from segengine.tracking.formats import FORMATS, GRID_FACTOR, FrameDets, detect_format, frame_rate, read_frames
+from segengine.tracking.formats import FORMATS, GRID_FACTOR, Damage, FrameDets, detect_format, frame_rate, read_frames
 from segengine.tracking.mask_tracker import MaskTracker, TrackerConfig
 from segengine.tracking.writers import open_writer
 
@@ -39,6 +43,7 @@ class TrackSummary:
     tracks: int  # distinct track ids written
     rows: int  # (frame, track) rows written
     seconds: float
+    damaged: str | None = None  # the input's last line was cut off: what, and how much was used
 
     def line(self) -> str:
         rate = "" if self.fmt == "jsonl" else f" at {self.fps:g} fps"
@@ -60,27 +65,38 @@ def track_file(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, fmt:
     config = config or TrackerConfig()
     # boxes stay in frame pixels; the grid tells the tracker where they fall on the masks
     tracker = MaskTracker(config, grid=BoxGrid(1 / GRID_FACTOR, 1 / GRID_FACTOR))
-    part = dst.with_name(dst.name + ".part")
-    writer = open_writer(part, fmt)
+    staged = StagedFile(dst, "tracks")  # proves the folder writable before any frame is read
+    try:
+        writer = open_writer(staged.path, fmt)
+    except BaseException:
+        staged.discard()
+        raise
     frames = detections = 0
     ids: set[int] = set()
+    damage = Damage()
     start = time.perf_counter()
     try:
         with tqdm(total=src.stat().st_size, unit="B", unit_scale=True, desc=f"track {src.name}",
                   disable=None if progress is None else not progress, file=sys.stderr, leave=False) as bar:
-            for frame in read_frames(src, fmt, rate, bar.update):
+            for frame in read_frames(src, fmt, rate, bar.update, damage):
                 tracks = tracker.step(frame.dets, frame.t)
                 writer.write(frame, tracks, _track_masks(frame, tracks, smoothed=config.smoothing > 0))
                 frames, detections = frames + 1, detections + len(frame.dets)
                 ids.update(int(i) for i in tracks.track_ids)
         writer.close()
-        os.replace(part, dst)
+        staged.commit()
     except BaseException:
-        writer.close()
-        part.unlink(missing_ok=True)
+        with contextlib.suppress(Exception):  # the first error is the one to report
+            writer.close()
+        staged.discard()
         raise
+    damaged = None
+    if damage:
+        damaged = (f"{src} line {damage.line} is cut off (no newline at its end: the file was still being written, "
+                   f"or cut by a crash) and was left out: {damage.reason}; the {frames} frames before it "
+                   f"were tracked")
     return TrackSummary(src, dst, fmt, rate, frames, detections, len(ids), writer.rows,
-                        time.perf_counter() - start)
+                        time.perf_counter() - start, damaged)
 
 
 def _check(src: Path, dst: Path, fmt: str) -> str:
