@@ -13,6 +13,7 @@ import re
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import replace
+from fractions import Fraction
 from pathlib import Path
 from types import MappingProxyType
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -27,55 +28,108 @@ from segengine.capture.network import network_source
 from segengine.capture.opencv import GSTREAMER_FIX, OpenCVSource, csi_pipeline, opencv_has_gstreamer
 from segengine.capture.pyav import PyAVFileSource, PyAVSource
 from segengine.capture.reconnect import ReconnectingSource
+from segengine.capture.redact import Redactor
 from segengine.capture.synthetic import SyntheticSource
 from segengine.errors import ConfigError, EndOfStream, SourceError
 from segengine.types import Frame, SourceInfo
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
-_DEVICE = re.compile(r"^/dev/video\d+$")
+# ASCII only: str.isdigit() and int() also take "²" or "٣", which no camera index or size is.
+_DIGITS = re.compile(r"[0-9]+")
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+_NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:e[+-]?[0-9]+)?|[0-9]+/[0-9]+|nan|inf")
+_DEVICE = re.compile(r"/dev/video[0-9]+")
+MAX_CAMERA = 65535  # a camera index is a /dev/videoN minor number; OpenCV takes a C int
+CSI_BOUNDS = {"sensor": (0, 63), "width": (16, 8192), "height": (16, 8192), "fps": (1, 1000)}
 FORMS = ("path/to/video.mp4 or file:///abs/path.mp4 (any file FFmpeg reads)",
          "path/to/folder or 'frames/*.png' (images in natural order)",
-         "rtsp://[user:pass@]host[:port]/path, rtmp://, http(s)://... (.mp4, MJPEG, .m3u8 HLS), srt://, udp:// "
-         "(network streams)",
+         "rtsp://host[:port]/path (user:pass@ before the host if it asks), rtmp://, http(s)://... (.mp4, MJPEG, "
+         ".m3u8 HLS), srt://, udp:// (network streams)",
          "0 or /dev/video0 (a webcam, V4L2)",
          "csi://0?width=1280&height=720&fps=30 (Jetson CSI camera) or gst://PIPELINE ! appsink (GStreamer)",
          "synthetic://?width=640&height=360&fps=25&frames=100&seed=0&live=0 (test scene)")
 
 
+def _shown(text: str, limit: int = 200) -> str:
+    """``text`` quoted for a message: redacted first, then cut (a cut URL could hide its password's end)."""
+    shown = repr(Redactor.for_url(text)(text))
+    return shown if len(shown) <= limit else shown[:limit] + "..."
+
+
+def _split(uri: str, *, port: bool = False) -> tuple[str, str, str]:
+    """(netloc, path, query) of ``uri``; a malformed authority is the user's error, said as one."""
+    try:
+        parts = urlsplit(uri)
+        if port:
+            parts.port  # noqa: B018  # raises on a port that is no number in 0..65535
+    except ValueError as exc:  # its text may quote the netloc, password and all: said in our words
+        why = ("an unclosed or stray [ ] around an IPv6 host" if "IPv6" in str(exc) else
+               "characters in the host that NFKC normalisation turns into / ? # @ or :" if "NFKC" in str(exc) else
+               "the port is no number in 0..65535" if "Port" in str(exc) else "not a URI")
+        raise ConfigError(f"malformed URI {_shown(uri)}: {why}; supported forms: " + "; ".join(FORMS)) from None
+    return parts.netloc, parts.path, parts.query
+
+
+def _network(uri: str, options: SourceOptions) -> Source:
+    _split(uri, port=True)  # checked now: FFmpeg would only say so at open(), urlsplit with a bare ValueError
+    return network_source(uri, options)
+
+
 def _open_path(text: str, options: SourceOptions) -> Source:
     """An existing folder or a glob → images; anything else must be an existing file → PyAV."""
-    if os.path.isdir(text) or (is_glob(text) and not os.path.exists(text)):
-        list_images(text)  # raises now, with the reason, when there is nothing to read
-        return ImageFolderSource(text)
-    if not os.path.exists(text):
-        raise SourceError(f"source not found: {text} is no existing file or folder (check the path; "
-                          f"relative paths start at {Path.cwd()}); supported forms: " + "; ".join(FORMS))
-    check_readable_file(Path(text))  # e.g. a 0-byte file, said plainly before FFmpeg's 'Invalid data'
+    if "\x00" in text:  # the OS cannot name it, and os/glob raise a bare ValueError on it
+        raise ConfigError(f"the source path contains a NUL byte (at character {text.index(chr(0))}); "
+                          "no file or folder is named so")
+    try:
+        if os.path.isdir(text) or (is_glob(text) and not os.path.exists(text)):
+            list_images(text)  # raises now, with the reason, when there is nothing to read
+            return ImageFolderSource(text)
+        if not os.path.exists(text):
+            raise SourceError(f"source not found: {text} is no existing file or folder (check the path; "
+                              f"relative paths start at {Path.cwd()}); supported forms: " + "; ".join(FORMS))
+        check_readable_file(Path(text))  # e.g. a 0-byte file, said plainly before FFmpeg's 'Invalid data'
+    except SourceError:
+        raise
+    except OSError as exc:  # e.g. a folder we may not list
+        raise SourceError(f"cannot read {text}: {exc.strerror or exc}") from exc
     return PyAVFileSource(text, max_pixels=options.max_pixels)
 
 
 def _file(uri: str, options: SourceOptions) -> Source:
-    path = unquote(urlsplit(uri).path if uri.startswith("file:///") else uri[len("file://"):])
+    path = unquote(_split(uri)[1] if uri.startswith("file:///") else uri[len("file://"):])
     return _open_path(path, options)
 
 
-def _camera(device: str, options: SourceOptions) -> Source:
+def _v4l2(uri: str, options: SourceOptions) -> Source:
+    device = uri[len("v4l2://"):]
+    if not (_DIGITS.fullmatch(device) or device.startswith("/")):
+        raise ConfigError(f"v4l2:// takes a camera index or a device path (v4l2://0, v4l2:///dev/video0), "
+                          f"got {_shown(uri)}")
+    return _camera(device, options, name=Redactor.for_url(uri)(device))
+
+
+def _camera(device: str, options: SourceOptions, *, name: str | None = None) -> Source:
     """A V4L2 webcam by index or path, through OpenCV (default) or PyAV's v4l2 demuxer."""
-    path = f"/dev/video{device}" if device.isdigit() else device
+    index = int(device) if _DIGITS.fullmatch(device) else None
+    if index is not None and index > MAX_CAMERA:
+        raise ConfigError(f"camera index {device} is out of range (0..{MAX_CAMERA}); pass N of /dev/videoN")
+    path = f"/dev/video{index}" if index is not None else device
+    name = name or path
     if options.camera_backend == "pyav":
         def make() -> Source:
-            return PyAVSource(path, name=path, live=True, fmt="v4l2", max_pixels=options.max_pixels,
+            return PyAVSource(path, name=name, live=True, fmt="v4l2", max_pixels=options.max_pixels,
                               timeout=(options.open_timeout, options.read_timeout))
     else:
         api = cv2.CAP_V4L2 if sys.platform.startswith("linux") else cv2.CAP_ANY
-        target: int | str = int(device) if device.isdigit() else path
+        target: int | str = path if index is None else index
 
         def make() -> Source:
-            return OpenCVSource(target, api, name=path)
-    return ReconnectingSource(make, options, name=path)
+            return OpenCVSource(target, api, name=name)
+    return ReconnectingSource(make, options, name=name)
 
 
-def _gstreamer(pipeline: str, name: str, options: SourceOptions) -> Source:
+def _gstreamer(pipeline: str, uri: str, options: SourceOptions) -> Source:
+    name = Redactor.for_url(uri)(uri)  # e.g. location=rtsp://user:pass@cam inside the pipeline
     if not opencv_has_gstreamer():  # said now, before any thread starts
         raise SourceError(f"cannot open {name}: {GSTREAMER_FIX}")
     return ReconnectingSource(lambda: OpenCVSource(pipeline, cv2.CAP_GSTREAMER, name=name), options, name=name)
@@ -85,21 +139,26 @@ def _gst(uri: str, options: SourceOptions) -> Source:
     pipeline = uri[len("gst://"):]
     if "appsink" not in pipeline:
         raise ConfigError(f"GStreamer pipeline must end in an appsink (e.g. '... ! videoconvert ! "
-                          f"video/x-raw, format=BGR ! appsink drop=true max-buffers=1'): {pipeline!r}")
+                          f"video/x-raw, format=BGR ! appsink drop=true max-buffers=1'): {_shown(pipeline)}")
     return _gstreamer(pipeline, uri, options)
 
 
 def _csi(uri: str, options: SourceOptions) -> Source:
-    parts = urlsplit(uri)
-    params = dict(parse_qsl(parts.query))
-    spec = {"width": 1280, "height": 720, "fps": 30}
+    netloc, _, query = _split(uri)
+    params = dict(parse_qsl(query))
+    spec = {"width": "1280", "height": "720", "fps": "30"}
     if unknown := sorted(set(params) - set(spec)):
         raise ConfigError(f"csi:// does not know {', '.join(unknown)}; use {', '.join(spec)}")
-    try:
-        sensor = int(parts.netloc or "0")
-        values = {key: int(params.get(key, default)) for key, default in spec.items()}
-    except ValueError:
-        raise ConfigError(f"{uri}: the sensor and width/height/fps must be whole numbers") from None
+    given = {"sensor": netloc or "0", **{key: params.get(key, default).strip() for key, default in spec.items()}}
+    values: dict[str, int] = {}
+    for key, text in given.items():
+        low, high = CSI_BOUNDS[key]
+        if not _DIGITS.fullmatch(text) or not low <= int(text) <= high:
+            shown = "" if key == "sensor" and not _DIGITS.fullmatch(text) else f" {text!r:.20}"  # a netloc
+            raise ConfigError(f"{_shown(uri)}: {key}{shown} is not a whole number in {low}..{high} "
+                              "(csi://SENSOR?width=W&height=H&fps=F)")
+        values[key] = int(text)
+    sensor = values.pop("sensor")
     return _gstreamer(csi_pipeline(sensor, **values), uri, options)
 
 
@@ -107,24 +166,32 @@ def _param(params: Mapping[str, str], key: str, default: str, parse: Callable[[s
     value = params.get(key, default).strip().lower()
     try:
         return parse(value)
-    except ValueError:
-        raise ConfigError(f"synthetic:// parameter {key}={params[key]!r} is not {parse.__doc__}") from None
+    except ValueError:  # ours, or int()'s digit limit (4300) on a very long number
+        raise ConfigError(f"synthetic:// parameter {key}={params[key]!r:.80} is not {parse.__doc__}") from None
 
 
 def _integer(text: str) -> int:
     """an integer"""
+    if not _INTEGER.fullmatch(text):
+        raise ValueError(text)
     return int(text)
 
 
-def _number(text: str) -> int | float:
-    """a number"""
+def _number(text: str) -> int | float | Fraction:
+    """a number (25, 29.97 or 30000/1001)"""
+    if not _NUMBER.fullmatch(text):
+        raise ValueError(text)
+    if "/" in text:
+        if int(text.partition("/")[2]) == 0:
+            raise ValueError(text)
+        return Fraction(text)
     value = float(text)
     return int(value) if value.is_integer() else value
 
 
 def _count(text: str) -> int | None:
     """an integer or 'none' (endless)"""
-    return None if text in ("none", "inf", "endless", "") else int(text)
+    return None if text in ("none", "inf", "endless", "") else _integer(text)
 
 
 def _flag(text: str) -> bool:
@@ -135,7 +202,7 @@ def _flag(text: str) -> bool:
 
 
 def _synthetic(uri: str, _options: SourceOptions) -> Source:
-    params = dict(parse_qsl(urlsplit(uri).query, keep_blank_values=True))
+    params = dict(parse_qsl(_split(uri)[2], keep_blank_values=True))
     spec = {"width": ("640", _integer), "height": ("360", _integer), "fps": ("25", _number),
             "frames": ("100", _count), "seed": ("0", _integer), "objects": ("3", _integer),
             "live": ("0", _flag)}
@@ -151,8 +218,8 @@ SCHEMES: Mapping[str, Callable[[str, SourceOptions], Source]] = MappingProxyType
     "synthetic": _synthetic,
     "csi": _csi,
     "gst": _gst,
-    "v4l2": lambda uri, options: _camera(uri[len("v4l2://"):], options),
-    **{scheme: network_source for scheme in NETWORK_SCHEMES},
+    "v4l2": _v4l2,
+    **{scheme: _network for scheme in NETWORK_SCHEMES},
 })
 
 
@@ -160,8 +227,15 @@ def open_source(uri: str | os.PathLike[str], *, loop: bool = False, options: Sou
     """Build (not open) the source for ``uri``. ``loop`` replays a finite source forever;
     ``options`` set timeouts, reconnection and limits (defaults: ``SourceOptions()``)."""
     text = os.fspath(uri)
-    build = _builder(text, options or SourceOptions())
-    source = build()
+    redactor = Redactor.for_url(text)
+    try:
+        build = _builder(text, options or SourceOptions())
+        source = build()
+    except (ConfigError, SourceError) as exc:
+        message = redactor(str(exc))
+        if message == str(exc):
+            raise
+        raise type(exc)(message) from None  # the original (and its traceback) quote the password
     if not loop:
         return source
     if source.info.live:
@@ -172,8 +246,11 @@ def open_source(uri: str | os.PathLike[str], *, loop: bool = False, options: Sou
 def _builder(text: str, options: SourceOptions) -> Callable[[], Source]:
     if not text.strip():
         raise ConfigError("empty source; use one of: " + "; ".join(FORMS))
+    if "\x00" in text:
+        raise ConfigError(f"the source contains a NUL byte (at character {text.index(chr(0))}); "
+                          "no file, device or URL has one")
     device = text.strip()
-    if device.isdigit() or _DEVICE.match(device):
+    if _DIGITS.fullmatch(device) or _DEVICE.fullmatch(device):
         return lambda: _camera(device, options)
     if " ! " in text and not _SCHEME.match(text):  # a bare GStreamer pipeline
         return lambda: _gst("gst://" + text, options)
@@ -182,7 +259,7 @@ def _builder(text: str, options: SourceOptions) -> Callable[[], Source]:
         return lambda: _open_path(text, options)
     scheme = match.group(1).lower()
     if scheme not in SCHEMES:
-        raise ConfigError(f"unsupported source scheme {scheme}:// in {text!r}; supported forms: "
+        raise ConfigError(f"unsupported source scheme {scheme}:// in {_shown(text)}; supported forms: "
                           + "; ".join(FORMS))
     make = SCHEMES[scheme]
     return lambda: make(text, options)

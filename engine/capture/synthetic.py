@@ -24,6 +24,9 @@ COLOURS: tuple[tuple[int, int, int], ...] = (
     (220, 40, 40), (40, 90, 230), (240, 210, 40), (200, 50, 200), (40, 200, 200), (250, 140, 30))
 SKY, GRASS, ROAD, PAINT = (135, 170, 205), (70, 120, 60), (75, 75, 80), (235, 235, 235)
 _SPAN = 100  # frames an endless source keeps its boxes fully in view before they wrap
+# Bounds on what a synthetic:// URI may ask for: a typo like width=100000 is an error, not 28 GiB.
+MIN_SIDE, MAX_SIDE, MAX_PIXELS = 16, 8192, 7680 * 4320
+MAX_FPS, MAX_FRAMES, MAX_SEED = 1000, 10**9, 2**64 - 1
 
 
 @dataclass(frozen=True)
@@ -82,23 +85,26 @@ class SyntheticSource:
 
     def __init__(self, width: int = 640, height: int = 360, fps: float | Fraction = 25,
                  frames: int | None = 100, seed: int = 0, *, live: bool = False, objects: int = 3) -> None:
-        if width < 16 or height < 16:
-            raise ConfigError(f"synthetic size must be at least 16×16, got {width}×{height}")
-        if frames is not None and frames < 0:
-            raise ConfigError(f"synthetic frames must be >= 0 or None (endless), got {frames}")
+        if not (MIN_SIDE <= width <= MAX_SIDE and MIN_SIDE <= height <= MAX_SIDE) or width * height > MAX_PIXELS:
+            raise ConfigError(f"synthetic size must be {MIN_SIDE}..{MAX_SIDE} on each side and at most "
+                              f"{MAX_PIXELS // 1_000_000} MP (7680×4320), got {width}×{height}")
+        if frames is not None and not 0 <= frames <= MAX_FRAMES:
+            raise ConfigError(f"synthetic frames must be 0..{MAX_FRAMES} or None (endless), got {frames}")
         if not 1 <= objects <= len(COLOURS):
             raise ConfigError(f"synthetic objects must be 1..{len(COLOURS)}, got {objects}")
+        if not 0 <= seed <= MAX_SEED:
+            raise ConfigError(f"synthetic seed must be 0..2**64-1, got {seed}")
         try:
             rate = Fraction(fps) if isinstance(fps, (int, Fraction)) else Fraction(str(fps))
         except (TypeError, ValueError):
             rate = Fraction(0)  # nan, inf, text: reported below
-        if rate <= 0:
-            raise ConfigError(f"synthetic fps must be a positive number, got {fps!r}")
+        if not 0 < rate <= MAX_FPS:
+            raise ConfigError(f"synthetic fps must be a positive number up to {MAX_FPS}, got {fps!r}")
         self._size, self._fps, self._frames = (height, width), rate, frames
         self._info = SourceInfo(name=f"synthetic://{width}x{height}@{fps}", live=live, size=(height, width),
                                 fps=rate, frame_count=frames, time_base=1 / rate)
         self.objects = _make_boxes(width, height, frames, objects, seed)
-        self._background = _background(width, height)
+        self._background: np.ndarray | None = None  # drawn at the first frame: building allocates nothing big
         self._closed = threading.Event()  # set by close(); wakes a paced read at once
         self._opened_at: float | None = None
         self._index = 0
@@ -127,6 +133,8 @@ class SyntheticSource:
 
     def image(self, index: int) -> np.ndarray:
         """The RGB frame at ``index`` (a new array: frames are handed to other threads)."""
+        if self._background is None:
+            self._background = _background(self._size[1], self._size[0])
         img = self._background.copy()
         for b, (x1, y1, x2, y2) in zip(self.objects, self.boxes(index).astype(int)):
             img[y1:y2, x1:x2] = b.colour

@@ -8,8 +8,6 @@ the presets' input, outputs and spec and the rest of the engine runs it unchange
 
 from __future__ import annotations
 
-import ast
-import json
 import logging
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -26,19 +24,21 @@ import torch
 
 from segengine.errors import ConfigError, ModelError
 from segengine.geometry import letterbox, stretch
+from segengine.graph.class_list import MAX_CLASSES, ClassList, parse_names, read_class_list
 from segengine.graph.compose import SegmentationGraph, check_frame_size, export_module
 from segengine.graph.heads import InstanceHead, SemanticHead
+from segengine.graph.onnx_scan import scan_onnx
 from segengine.graph.spec import INPUT_NAME, METADATA_KEY
 from segengine.models.card import Preprocess
 
 log = logging.getLogger(__name__)
 
 Kind = Literal["yolo-v5", "yolo-v8", "semantic"]
-ClassList = Sequence[str] | str | Path  # names, or a text file (one per line) or a JSON list
 Dims = tuple[int | None, ...]  # None: a dynamic dimension
 DEFAULT_SIZE = (640, 640)  # Ultralytics' default, for models exported with a dynamic input
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+MAX_INPUT_SIDE = 16384  # a declared input beyond this is a damaged file, not a model (the export feeds it zeros)
 FLOAT = onnx.TensorProto.FLOAT
 INTEGERS = {getattr(onnx.TensorProto, t) for t in ("INT64", "INT32", "INT16", "INT8", "UINT16", "UINT8")}
 SUPPORTED = ("supported: one float32 1×3×H×W input, and either two outputs (YOLO-seg: 1×N×(5+nc+nm) as "
@@ -64,7 +64,7 @@ class ModelSpec:
 def inspect_onnx(path: Path | str, classes: ClassList | None = None) -> ModelSpec:
     """Read what kind of model ``path`` is; raise ModelError/ConfigError saying why when unsupported."""
     path = Path(path)
-    return _inspect(path, _load(path, external_data=False), classes)
+    return _inspect(path, scan_onnx(path).model, classes)  # never loads its nodes or weights
 
 
 def export_custom_graph(path: Path | str, frame_size: tuple[int, int], out_path: Path | str, *,
@@ -78,6 +78,7 @@ def export_custom_graph(path: Path | str, frame_size: tuple[int, int], out_path:
     """
     path, out_path = Path(path), Path(out_path)
     check_frame_size(frame_size)
+    scan_onnx(path)  # the size and node caps, before the whole model is loaded
     model = _load(path, external_data=True)
     spec = _inspect(path, model, classes)
     net = _fixed_input(model, spec)
@@ -143,6 +144,8 @@ def _inspect(path: Path, model: onnx.ModelProto, classes: ClassList | None) -> M
     if _dtype(inputs[0]) != FLOAT or len(dims) != 4 or dims[0] not in (1, None) or dims[1] != 3:
         raise ModelError(f"{path}: input {_show(inputs)} is not an image batch; {SUPPORTED}")
     h, w = dims[2], dims[3]
+    if max(h or 0, w or 0) > MAX_INPUT_SIDE:
+        raise ModelError(f"{path}: input {_show(inputs)} is larger than {MAX_INPUT_SIDE} on a side; {SUPPORTED}")
     size, assumed = ((h, w), False) if h is not None and w is not None else (DEFAULT_SIZE, True)
     if assumed:
         log.warning("%s: its input %s is dynamic; the graph feeds it %dx%d", path, _show(inputs), *size[::-1])
@@ -199,9 +202,12 @@ def _semantic_output(path: Path, out: onnx.ValueInfoProto) -> tuple[int | None, 
 def _class_names(path: Path, nc: int | None, classes: ClassList | None, props: Mapping[str, str], *,
                  yolo: bool) -> tuple[str, ...]:
     if classes is not None:
-        names, source = _read_class_list(classes), "the class list"
+        names, source = read_class_list(classes), "the class list"
     elif "names" in props:
-        names, source = _parse_names(path, props["names"]), "its `names` metadata"
+        names, source = parse_names(path, props["names"]), "its `names` metadata"
+    elif nc is not None and nc > MAX_CLASSES:
+        raise ModelError(f"{path}: its outputs hold {nc} classes, above the {MAX_CLASSES} supported "
+                         "(is the file damaged?)")
     elif nc is None:
         raise ConfigError(f"{path}: the model outputs class ids; give its class list "
                           "(a text file, one name per line, or a JSON list)")
@@ -213,35 +219,6 @@ def _class_names(path: Path, nc: int | None, classes: ClassList | None, props: M
         hint = " (a model exported with NMS inside, e.g. Ultralytics' nms=True, is not supported)" if yolo else ""
         raise error(f"{path}: {source} has {len(names)} classes but the outputs hold {nc}{hint}")
     return names
-
-
-def _read_class_list(classes: ClassList) -> tuple[str, ...]:
-    names: object = classes
-    if isinstance(classes, (str, Path)):
-        file = Path(classes)
-        try:
-            text = file.read_text(encoding="utf-8")
-            lines = [line.strip() for line in text.splitlines() if line.strip()]
-            names = json.loads(text) if file.suffix.lower() == ".json" else lines
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ConfigError(f"{file}: cannot read the class list ({exc})") from exc
-    if not isinstance(names, (list, tuple)) or not names or not all(isinstance(n, str) and n for n in names):
-        raise ConfigError(f"class list {classes!s:.80}: expected a list of one or more non-empty names "
-                          "(a text file has one per line, a .json file holds a list)")
-    return tuple(names)
-
-
-def _parse_names(path: Path, text: str) -> tuple[str, ...]:
-    try:
-        value = ast.literal_eval(text)  # "{0: 'person', 1: 'bicycle'}": a literal, never code to run
-    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-        value = None
-    if isinstance(value, dict) and set(value) == set(range(len(value))):
-        value = [value[i] for i in range(len(value))]
-    if not isinstance(value, list) or not value or not all(isinstance(n, str) for n in value):
-        raise ModelError(f"{path}: its `names` metadata is not a dict {{0: 'name', ...}} or a list of names "
-                         f"({text:.80}); pass the class list instead")
-    return tuple(value)
 
 
 def _head(spec: ModelSpec, frame_size: tuple[int, int], mean: Sequence[float] | None, std: Sequence[float] | None,
@@ -332,7 +309,14 @@ def _opset(model: onnx.ModelProto) -> int:
 
 
 def _dtype(value: onnx.ValueInfoProto) -> int:
-    return value.type.tensor_type.elem_type
+    return value.type.tensor_type.elem_type  # 0 (undefined) for a non-tensor or unset type
+
+
+def _type_name(elem_type: int) -> str:
+    try:
+        return onnx.TensorProto.DataType.Name(elem_type).lower()
+    except ValueError:  # a type number this onnx does not know (a damaged or newer file)
+        return f"type{elem_type}"
 
 
 def _dims(value: onnx.ValueInfoProto) -> Dims:
@@ -340,7 +324,8 @@ def _dims(value: onnx.ValueInfoProto) -> Dims:
     return tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in shape.dim)
 
 
-def _show(values: Sequence[onnx.ValueInfoProto]) -> str:
-    """'name float 1×?×640' for each value, for messages."""
-    return ", ".join(f"{v.name} {onnx.TensorProto.DataType.Name(_dtype(v)).lower()} "
-                     + "×".join("?" if d is None else str(d) for d in _dims(v)) for v in values) or "none"
+def _show(values: Sequence[onnx.ValueInfoProto], limit: int = 6) -> str:
+    """'name float 1×?×640' for each value (the first ``limit``, names cut at 60 characters), for messages."""
+    shown = ", ".join(f"{str(v.name):.60} {_type_name(_dtype(v))} "
+                      + "×".join("?" if d is None else str(d) for d in _dims(v)[:8]) for v in values[:limit])
+    return (shown + (f", ... ({len(values)} in all)" if len(values) > limit else "")) or "none"
