@@ -28,6 +28,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -37,13 +38,21 @@ _DONE = re.compile(r"Done (\d+) runs in (\d+) second")
 _HYPO = re.compile(r"(\d+) passing examples?, (\d+) failing examples?")
 
 
-def targets() -> dict[str, Callable[[bytes], None]]:
-    """Every ``area:name`` target, imported (not instrumented: for listing and --child)."""
-    sys.path.insert(0, str(HERE))
-    found: dict[str, Callable[[bytes], None]] = {}
+class Target(NamedTuple):
+    run: Callable[[bytes], None]
+    seeds: list[bytes]
+
+
+def targets() -> dict[str, Target]:
+    """Every ``area:name`` target with its seeds, imported as they are (not instrumented)."""
+    if str(HERE) not in sys.path:
+        sys.path.insert(0, str(HERE))
+    found: dict[str, Target] = {}
     for file in sorted(TARGET_DIR.glob("[!_]*.py")):
         module = importlib.import_module(f"fuzz_targets.{file.stem}")
-        found.update({f"{file.stem}:{name}": fn for name, fn in module.TARGETS.items()})
+        seeds = getattr(module, "SEEDS", {})
+        found.update({f"{file.stem}:{name}": Target(fn, list(seeds.get(name, ())))
+                      for name, fn in module.TARGETS.items()})
     return found
 
 
@@ -81,12 +90,20 @@ def fuzz_one(target: str, seconds: int, artifacts: Path, rss_mb: int, timeout: i
     crashed = rc != 0
     why = ""
     if crashed:
-        lines = [line for line in log.splitlines() if any(k in line for k in (
-            "Uncaught Python exception", "Error:", "ERROR:", "out-of-memory", "timeout", "Traceback"))]
-        why = "; ".join(lines[:3])[:300] or f"exit {rc}"
+        why = _why(log) or f"exit {rc}"
         (artifacts / f"{target.replace(':', '-')}.log").write_text(log)
     return {"target": target, "inputs": int(runs[-1]) if runs else 0, "seconds": round(took, 1),
             "crashes": int(crashed), "why": why}
+
+
+def _why(log: str) -> str:
+    """The crash in one line: atheris prints the exception right after its banner; libFuzzer
+    names an out-of-memory or a timeout in its ERROR line."""
+    lines = log.splitlines()
+    for k, line in enumerate(lines):
+        if "Uncaught Python exception" in line and k + 1 < len(lines):
+            return lines[k + 1].strip()[:300]
+    return next((line.strip()[:300] for line in lines if "ERROR: libFuzzer" in line), "")
 
 
 def hypothesis_long(seconds_hint: int) -> dict[str, object]:
