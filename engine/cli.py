@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from segengine.errors import ConfigError, EngineError, OutOfMemory, SinkError
-from segengine.exit_codes import EXIT_DAMAGED, EXIT_FAILED, EXIT_OK, EXIT_SIGINT, EXIT_USAGE
+from segengine.exit_codes import EXIT_DAMAGED, EXIT_FAILED, EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, EXIT_USAGE
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -20,8 +20,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     _stack_dumps_on_sigusr1()
+    previous = _unwind_on_sigterm()
     try:
         return args.func(args) or EXIT_OK
+    except Terminated:
+        print("segengine: terminated", file=sys.stderr)
+        return EXIT_SIGTERM
     except OutOfMemory as exc:  # at start-up too (a TensorRT build): the machine's limit, not the user's input
         print(f"segengine: error: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -31,6 +35,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("segengine: interrupted", file=sys.stderr)
         return EXIT_SIGINT
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class Terminated(BaseException):
+    """SIGTERM as an exception in the main thread, like SIGINT's KeyboardInterrupt: the commands'
+    cleanup runs (a staged output is discarded, never left half-written). `run` installs its own
+    handler, which finalises the outputs instead."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated
+
+
+def _unwind_on_sigterm() -> object:
+    """Install the SIGTERM handler; the one it replaces, or None where signals cannot be set
+    (main() called from a thread other than the main one)."""
+    try:
+        return signal.signal(signal.SIGTERM, _raise_terminated)
+    except ValueError:
+        return None
 
 
 def _stack_dumps_on_sigusr1() -> None:

@@ -4,8 +4,10 @@ its targets as they were (what it wrote is kept beside them), and exit codes say
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -248,3 +250,26 @@ def test_devices_and_pipes_are_never_replaced_by_an_output(tmp_path: Path) -> No
     with pytest.raises(SinkError, match="not a regular file"):
         JsonlSink(fifo)
     assert fifo.is_fifo() and Path("/dev/null").is_char_device()
+
+
+def test_sigterm_during_track_exits_143_and_leaves_no_half_written_tracks(tmp_path: Path) -> None:
+    detections = tmp_path / "det.txt"
+    rows = (f"{f},-1,{10 + 40 * k + f % 7},{20 + 30 * k},30,60,0.9,-1,-1,-1"
+            for f in range(1, 40_001) for k in range(8))
+    detections.write_text("\n".join(rows) + "\n")
+    out = tmp_path / "tracks.txt"
+    out.write_text("yesterday's tracks\n")
+    proc = subprocess.Popen([sys.executable, "-m", "segengine.cli", "track", str(detections), "-o", str(out),
+                             "--overwrite", "-q"], stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while partial_of(out) is None or partial_of(out).stat().st_size == 0:  # tracks are being written
+            assert proc.poll() is None and time.monotonic() < deadline, "track ended before it could be stopped"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err
+    assert "terminated" in err and "Traceback" not in err
+    assert out.read_text() == "yesterday's tracks\n" and partial_of(out) is None
