@@ -8,88 +8,22 @@ are tested one by one in tests/test_safe_pickle_bounds.py.
 from __future__ import annotations
 
 import contextlib
-import io
 import pickle
-import sys
-import types
 import zipfile
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
 from segengine.errors import ModelError
 from segengine.models.checkpoint import load_state_dict
 from segengine.models.safe_pickle import load_torch_zip, read_yolo_checkpoint, safe_loads
-
-
-@contextlib.contextmanager
-def _fake_yolo_classes() -> Iterator[tuple[type, type]]:
-    """Classes that pickle as ``models.yolo.Model`` and ``models.common.Conv``, like yolov5's own."""
-    made = []
-    for module, name in (("models.yolo", "Model"), ("models.common", "Conv")):
-        cls = type(name, (), {"__module__": module, "__qualname__": name})
-        made.append((module, cls))
-    saved = {m: sys.modules.get(m) for m in ("models", "models.yolo", "models.common")}
-    sys.modules["models"] = types.ModuleType("models")  # a parent package pickle can import, not ours
-    for m, cls in made:
-        sys.modules[m] = types.ModuleType(m)
-        setattr(sys.modules[m], cls.__qualname__, cls)
-    try:
-        yield made[0][1], made[1][1]
-    finally:
-        for m, old in saved.items():
-            if old is None:
-                sys.modules.pop(m, None)
-            else:
-                sys.modules[m] = old
-
-
-def _module(cls: type, **state: object) -> object:
-    obj = cls.__new__(cls)
-    obj.__dict__.update(state)
-    return obj
-
-
-def yolo_like_checkpoint() -> bytes:
-    """A tiny torch zip shaped like a YOLOv5 checkpoint: stubs, a Parameter, a buffer, yaml, names, stride."""
-    with _fake_yolo_classes() as (model_cls, conv_cls):
-        conv = _module(conv_cls, _parameters=OrderedDict(weight=torch.nn.Parameter(torch.arange(4.0).view(2, 2))),
-                       _buffers=OrderedDict(running=torch.zeros(2)), _non_persistent_buffers_set=set(),
-                       _modules=OrderedDict())
-        model = _module(model_cls, _parameters=OrderedDict(), _buffers=OrderedDict(),
-                        _modules=OrderedDict(conv=conv), yaml={"nc": 2, "backbone": [[-1, 1, "Conv", [8]]],
-                                                              "head": [], "anchors": [[1, 2]]},
-                        names=["a", "b"], stride=torch.tensor([8.0, 16.0]))
-        buf = io.BytesIO()
-        torch.save({"model": model, "epoch": -1}, buf)
-    return buf.getvalue()
-
-
-def state_dict_file(legacy: bool = False) -> bytes:
-    buf = io.BytesIO()
-    sd = OrderedDict(w=torch.arange(6.0).view(2, 3), b=torch.ones(3, dtype=torch.float16),
-                     n=torch.tensor(7), v=torch.arange(4.0)[1:3])
-    torch.save({"state_dict": sd}, buf, _use_new_zipfile_serialization=not legacy)
-    return buf.getvalue()
-
-
-def _pickle_in(archive: bytes) -> bytes:
-    with zipfile.ZipFile(io.BytesIO(archive)) as z:
-        return z.read(next(n for n in z.namelist() if n.endswith("/data.pkl")))
-
-
-def _with_pickle(archive: bytes, data_pkl: bytes) -> bytes:
-    out = io.BytesIO()
-    with zipfile.ZipFile(io.BytesIO(archive)) as src, zipfile.ZipFile(out, "w") as dst:
-        for info in src.infolist():
-            dst.writestr(info, data_pkl if info.filename.endswith("/data.pkl") else src.read(info))
-    return out.getvalue()
-
+from tests.sample_checkpoints import pickle_in as _pickle_in
+from tests.sample_checkpoints import state_dict_file, yolo_like_checkpoint
+from tests.sample_checkpoints import with_pickle as _with_pickle
 
 YOLO = yolo_like_checkpoint()
 STATE = state_dict_file()
