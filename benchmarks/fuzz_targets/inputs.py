@@ -16,7 +16,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import quote
 
-import atheris
 import av
 import cv2
 import numpy as np
@@ -70,16 +69,15 @@ _SCHEMES = ("rtsp", "rtmp", "http", "srt", "file", "v4l2", "csi", "synthetic", "
 
 def fuzz_redaction(data: bytes) -> None:
     """A URL with a password (as fuzzed) in the userinfo, a query or a gst pipeline: it must not leak."""
-    fdp = atheris.FuzzedDataProvider(data)
-    scheme = _SCHEMES[fdp.ConsumeIntInRange(0, len(_SCHEMES) - 1)]
-    form = fdp.ConsumeIntInRange(0, 3)
-    encoded = fdp.ConsumeBool()
-    password = fdp.ConsumeUnicodeNoSurrogates(16)
-    around = fdp.ConsumeUnicodeNoSurrogates(24)
+    # bytes 0-2 choose the scheme, the form and the encoding; the rest is "password NUL around"
+    head, rest = data[:3].ljust(3, b"\0"), data[3:].decode("utf-8", "ignore")
+    scheme, form, encoded = _SCHEMES[head[0] % len(_SCHEMES)], head[1] % 4, bool(head[2] & 1)
+    password, _, around = rest.partition("\0")
+    password, around = password[:16], around[:24]
     if len(password) < 4 or "*" in password:
         return
     written = quote(password, safe="" if encoded else "-._~!$&'()+,;=:@")
-    hole = "\ud800"  # a lone surrogate: never in what ConsumeUnicodeNoSurrogates gives
+    hole = "\ud800"  # a lone surrogate: never in text decoded from UTF-8
     template = [f"{scheme}://user:{hole}@cam.local:554/x", f"{scheme}://cam/x?user=u&password={hole}",
                 f"gst://rtspsrc location=rtsp://u:{hole}@h/x ! appsink",
                 f"{scheme}://cam/x?token={hole}"][form]
