@@ -35,7 +35,7 @@ REPO = HERE.parent
 TARGET_DIR = HERE / "fuzz_targets"
 _RUNS = re.compile(r"stat::number_of_executed_units:\s*(\d+)")
 _DONE = re.compile(r"Done (\d+) runs in (\d+) second")
-_HYPO = re.compile(r"(\d+) passing examples?, (\d+) failing examples?")
+_HYPO = re.compile(r"(\d+) passing(?: examples?)?, (\d+) failing")  # hypothesis 6.100+ and older
 
 
 class Target(NamedTuple):
@@ -130,6 +130,19 @@ def table(rows: list[dict[str, object]]) -> str:
     return "\n".join(out)
 
 
+def _machine() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    def v(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
+
+    return (f"{time.strftime('%Y-%m-%d')}: Python {sys.version.split()[0]}, {os.cpu_count()} CPUs, "
+            f"atheris {v('atheris')}, hypothesis {v('hypothesis')}")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--target", action="append", help="area:name (repeatable); default: every target")
@@ -138,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rss-mb", type=int, default=3072, help="an input needing more memory than this is a crash")
     p.add_argument("--timeout", type=int, default=20, help="an input taking longer than this (s) is a crash")
     p.add_argument("--no-hypothesis", action="store_true", help="skip the long property-test run")
+    p.add_argument("--no-atheris", action="store_true", help="only the long property-test run")
     p.add_argument("--out", type=Path, help="write the table here as Markdown")
     p.add_argument("--list", action="store_true", help="list the targets")
     p.add_argument("--child", help=argparse.SUPPRESS)
@@ -153,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         p.error(f"unknown target {', '.join(unknown)}; --list shows them")
     rows = []
-    for target in args.target or names:
+    for target in [] if args.no_atheris else args.target or names:
         rows.append(fuzz_one(target, args.seconds, args.artifacts.resolve(), args.rss_mb, args.timeout))
         print(table(rows[-1:]).splitlines()[-1], flush=True)
     if not args.no_hypothesis and not args.target:
@@ -161,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     text = table(rows)
     print(text)
     if args.out:
-        args.out.write_text(f"# Fuzz campaign\n\n{sys.version.split()[0]}, {time.strftime('%Y-%m-%d')}\n\n{text}\n")
+        args.out.write_text(f"# Fuzz campaign\n\n{_machine()}\n\n{text}\n")
     return 1 if any(r["crashes"] for r in rows) else 0
 
 
