@@ -23,6 +23,10 @@ from segengine.graph import class_list, onnx_scan
 from segengine.graph.class_list import parse_names, read_class_list
 from segengine.graph.custom import ModelSpec, inspect_onnx
 
+# No subnormals: a library loaded earlier in a full test run (built with -ffast-math) turns on
+# flush-to-zero for the process, where hypothesis refuses to generate them.
+_FLOATS = st.floats(allow_subnormal=False)
+
 FLOAT, INT64 = onnx.TensorProto.FLOAT, onnx.TensorProto.INT64
 
 
@@ -77,7 +81,7 @@ def test_class_list_of_any_bytes(scratch: Path, data: bytes, suffix: str) -> Non
         "\n".join(result).encode("utf-8")  # no lone surrogates
 
 
-_JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+_JSON = st.recursive(st.none() | st.booleans() | st.integers() | _FLOATS | st.text(max_size=8),
                      lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4), inner,
                                                                                   max_size=3), max_leaves=12)
 
