@@ -51,7 +51,9 @@ class InstanceDecode(torch.nn.Module):
         scores, idx = (conf * keep).topk(self.top_k)
         valid = scores > 0
         boxes, coeffs = boxes[idx], coeffs[idx]
-        classes = torch.where(valid, cls[idx], torch.full_like(cls[idx], -1))
+        # chosen in float, then cast: OpenVINO's CPU plugin on AVX2-only CPUs (seen on an AMD EPYC, OpenVINO 2026.4)
+        # gives the int64 where's -1 for every row, valid ones too; class ids are exact in float32
+        classes = torch.where(valid, cls[idx].float(), torch.full_like(scores, -1.0)).to(torch.int64)
         masks = self._masks(coeffs, protos[0], boxes, valid)
         return (
             self._to_frame(boxes).unsqueeze(0) * valid.view(1, -1, 1).float(),
