@@ -106,7 +106,7 @@ def _why(log: str) -> str:
     return next((line.strip()[:300] for line in lines if "ERROR: libFuzzer" in line), "")
 
 
-def hypothesis_long(seconds_hint: int) -> dict[str, object]:
+def hypothesis_long() -> dict[str, object]:
     """The property tests under the long profile: passing examples summed over the tests."""
     env = dict(os.environ, HYPOTHESIS_PROFILE="long")
     tests = sorted(str(p) for p in (REPO / "tests").glob("test_fuzz_*.py"))
@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(fuzz_one(target, args.seconds, args.artifacts.resolve(), args.rss_mb, args.timeout))
         print(table(rows[-1:]).splitlines()[-1], flush=True)
     if not args.no_hypothesis and not args.target:
-        rows.append(hypothesis_long(args.seconds))
+        rows.append(hypothesis_long())
     text = table(rows)
     print(text)
     if args.out:

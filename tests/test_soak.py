@@ -20,7 +20,7 @@ import av
 import numpy as np
 import pytest
 
-from benchmarks.soak import Sample, curve_table, detect_trend, judge, theil_sen, verdict
+from benchmarks.soak_trends import Sample, curve_table, detect_trend, judge, theil_sen, verdict
 from segengine.models import zoo
 from tests import clock_code
 from tests.live_servers import moving_frame, rtsp_unavailable
