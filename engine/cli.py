@@ -98,10 +98,15 @@ def _parser() -> argparse.ArgumentParser:
     _model_dir(p)
     p.set_defaults(func=_export)
 
-    p = sub.add_parser("run", help="segment a video, stream, camera or image folder")
-    p.add_argument("source", help="a video file, an image folder or glob, or synthetic://")
-    p.add_argument("-o", "--output", type=Path, help="write the overlaid video here (.mp4)")
-    p.add_argument("--json", type=Path, help="write one JSON line per frame here ('-' for stdout)")
+    p = sub.add_parser("run", help="segment videos, streams, cameras or image folders (one or many at once)")
+    p.add_argument("source", nargs="*",
+                   help="video files, image folders or globs, cameras, stream URLs, synthetic://; several run "
+                        "batched through one engine, each with its own tracker and outputs")
+    p.add_argument("--config", type=Path, metavar="TOML",
+                   help="streams and their settings from a TOML file (see README, 'Many streams')")
+    p.add_argument("-o", "--output", type=Path,
+                   help="write the overlaid video here (.mp4); {stream} stands for the stream's id")
+    p.add_argument("--json", type=Path, help="write one JSON line per frame here ('-' for stdout); {stream} as -o")
     p.add_argument("--json-masks", choices=("all", "instances", "none"),
                    help="which masks --json writes as RLE: all (also the maps), instances (default), none")
     p.add_argument("--images-out", type=Path, help="write overlaid frames as images into this folder")
@@ -115,7 +120,12 @@ def _parser() -> argparse.ArgumentParser:
                    help="auto (default: the backend's fastest that keeps accuracy), fp32, bf16 (openvino), "
                         "or int8 (openvino, after `segengine build --backend openvino --int8`)")
     p.add_argument("--show", action="store_true", help="show the overlaid video in a window")
-    p.add_argument("--max-frames", type=_positive, help="stop after this many frames")
+    p.add_argument("--max-frames", type=_positive, help="stop after this many frames (of each stream)")
+    p.add_argument("--max-batch", type=_positive, default=4, metavar="N",
+                   help="with several streams: frames of different streams per backend call, at most [4]")
+    p.add_argument("--batch-timeout", type=_seconds, metavar="S",
+                   help="with several streams: how long a partial batch waits for the others "
+                        "[half the fastest stream's frame interval]")
     p.add_argument("--interval", default="1", metavar="N|auto",
                    help="run the networks on every Nth frame only, tracks carried by their motion between "
                         "(1: every frame, the default); auto: as often as a live feed allows (1..8), "
@@ -321,9 +331,14 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from segengine.run import run
+    if len(args.source) == 1 and args.config is None:
+        from segengine.run import run
 
-    return run(args)
+        args.source = args.source[0]
+        return run(args)
+    from segengine.streams.run_many import run_many
+
+    return run_many(args, vars(_parser().parse_args(["run"])))
 
 
 def _eval(args: argparse.Namespace) -> int:

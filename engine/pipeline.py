@@ -33,11 +33,11 @@ from segengine.errors import ConfigError, EndOfStream
 from segengine.graph.prepare import GraphTarget
 from segengine.interval import Interval, IntervalPolicy, check_interval, make_policy
 from segengine.layers import decode_layers
-from segengine.layers.stages import LayerStages
 from segengine.models import zoo
+from segengine.post import PostStages
 from segengine.render.base import Renderer
 from segengine.render.compose import LayerRenderer
-from segengine.sinks.base import Sink, finish
+from segengine.sinks.base import Sink
 from segengine.stage import Stage
 from segengine.stats import RunStats
 from segengine.tracking.base import Tracker
@@ -78,13 +78,14 @@ class Pipeline:
         self._given: Backend | None = None if isinstance(backend, str) else backend
         self.choice: Choice = (choose(backend, models=self.target.models()) if isinstance(backend, str)
                                else Choice(backend.name, "given to the pipeline"))
-        self.sinks = list(sinks)
         self.tracker = tracker
-        self._stages = LayerStages(tracker)  # per output: its per-stream state
-        self.renderer = renderer or (LayerRenderer() if render else None)
         self.max_frames = max_frames
         self.deadline = deadline
         self.stats = RunStats()
+        self._post = PostStages(tracker=tracker, renderer=renderer or (LayerRenderer() if render else None),
+                                sinks=sinks, stats=self.stats)
+        self.sinks = self._post.sinks
+        self.renderer = self._post.renderer
         self._capture = CaptureThread(self.source, queue_size=queue_size)
         self._stop = threading.Event()
         self._results: Stage[FrameResult] = Stage("results", maxsize=queue_size, stop=self._stop)
@@ -92,7 +93,6 @@ class Pipeline:
         self._backend: Backend | None = self._given
         self._started = self._closed = False
         self.kept: list[Path] = []  # partial outputs a failed run left beside their targets
-        self._done_times: deque[float] = deque(maxlen=30)  # for the HUD's fps over the last frames
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -138,14 +138,8 @@ class Pipeline:
         if self._infer_thread.is_alive():
             self._infer_thread.join(timeout=max(0.1, end - time.monotonic()))
         self.stats.source = self._capture.status
-        errors = []
-        for sink in self.sinks:
-            try:
-                kept = finish(sink, failed)
-                if kept is not None:
-                    self.kept.append(kept)
-            except Exception as exc:  # one sink failing must not keep the others from finalising
-                errors.append(exc)
+        kept, errors = self._post.close_sinks(failed)
+        self.kept.extend(kept)
         if self._backend is not None and self._backend is not self._given and not self._infer_thread.is_alive():
             self._backend.close()  # a backend given to the pipeline stays its owner's to close
         if errors:
@@ -269,32 +263,7 @@ class Pipeline:
             yield self._finish(result)
 
     def _finish(self, result: FrameResult) -> FrameResult:
-        timings = dict(result.timings)
-        t = time.perf_counter()
-        pts = result.frame.pts
-        layers = self._stages.update(result.layers, pts) if result.inferred else self._stages.carry(pts)
-        result = replace(result, layers=layers)
-        timings["post"] = time.perf_counter() - t
-        result = replace(result, source=self._capture.status)
-        now = time.monotonic()
-        self._done_times.append(now)
-        if self.renderer is not None:
-            t = time.perf_counter()
-            hud = {**timings, "fps": self._recent_fps(), "latency": now - result.frame.captured_at}
-            result = replace(result, rendered=self.renderer.render(replace(result, timings=hud)))
-            timings["render"] = time.perf_counter() - t
-        t = time.perf_counter()
-        for sink in self.sinks:
-            sink.write(result)
-        timings["sinks"] = time.perf_counter() - t
-        timings["latency"] = time.monotonic() - result.frame.captured_at
-        result = replace(result, timings=timings)
-        self.stats.add(timings, time.monotonic(), result.inferred)
-        return result
-
-    def _recent_fps(self) -> float:
-        times = self._done_times
-        return (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else 0.0
+        return self._post.finish(result, self._capture.status)
 
     def run(self, on_result=None) -> RunStats:
         """Process the whole source; ``on_result(result)`` is called for each frame (e.g. a progress bar)."""

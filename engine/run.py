@@ -6,6 +6,7 @@ import argparse
 import signal
 import sys
 import threading
+from pathlib import Path
 from types import FrameType
 
 from tqdm import tqdm
@@ -23,9 +24,10 @@ from segengine.pipeline import Pipeline
 from segengine.sinks.base import finish
 from segengine.sinks.factory import open_sinks
 from segengine.sinks.outputs import check_outputs, input_paths
+from segengine.streams.ids import derive_id, expand
 
 
-class _Signals:
+class Signals:
     """First SIGINT/SIGTERM: stop gracefully (sinks finalised). A second one: leave at once."""
 
     def __init__(self, pipeline: Pipeline) -> None:
@@ -33,7 +35,7 @@ class _Signals:
         self.received: int | None = None
         self._previous: dict[int, object] = {}
 
-    def __enter__(self) -> _Signals:
+    def __enter__(self) -> Signals:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._previous[sig] = signal.signal(sig, self._handle)
@@ -61,6 +63,11 @@ def run(args: argparse.Namespace) -> int:
     from segengine.models.zoo import WeightDirs
 
     configure_logging(Redactor.for_url(args.source), verbose=args.verbose)
+    stream_id = derive_id(args.source)
+    for key in ("output", "json", "images_out"):  # {stream}, as with several streams
+        value = getattr(args, key)
+        if value is not None and "{" in str(value):
+            setattr(args, key, Path(expand(str(value), stream_id)))
     interval = check_interval(args.interval)  # a bad value is said before anything opens
     if args.model is not None and args.preset is not None:
         raise ConfigError(f"--preset {args.preset} and --model {args.model}: choose one")
@@ -104,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
     if args.max_frames:
         total = min(total, args.max_frames) if total else args.max_frames
     bar = tqdm(total=total, unit="frame", disable=True if args.quiet else None, file=sys.stderr)
-    with _Signals(pipeline) as signals:
+    with Signals(pipeline) as signals:
         try:
             pipeline.run(on_result=lambda _r: bar.update())
         except EngineError as exc:

@@ -32,7 +32,7 @@ class _Finished:
 
 class Stage(Generic[T]):
     def __init__(self, name: str, *, maxsize: int = 4, policy: Policy = "lossless",
-                 stop: threading.Event | None = None) -> None:
+                 stop: threading.Event | None = None, ready: threading.Event | None = None) -> None:
         if maxsize < 1:
             raise ConfigError(f"{name}: the queue needs room for at least one item, got maxsize={maxsize}")
         if policy not in ("lossless", "latest"):
@@ -41,17 +41,20 @@ class Stage(Generic[T]):
         self.policy: Policy = policy  # may change once, before the first put (a source that learns it is live)
         self.stop = stop or threading.Event()
         self.dropped = 0  # written by the producer only
+        # Set after every put: one consumer of several hops waits on one event (the batcher).
+        self.ready = ready
         self._queue: queue.Queue[T | _Finished] = queue.Queue(maxsize=maxsize)
         self._done: BaseException | None = None  # what get() raised at the end; raised again after
 
     # -- producer side ------------------------------------------------------------------------
 
-    def put(self, item: T) -> bool:
-        """Hand ``item`` on by the policy; False when the hop was stopped before it could."""
+    def put(self, item: T, timeout: float | None = None) -> bool:
+        """Hand ``item`` on by the policy; False when the hop was stopped before it could (or, lossless,
+        no room came within ``timeout`` seconds)."""
         if self.policy == "latest":
             self._put_dropping(item)
             return True
-        return self._put_waiting(item)
+        return self._put_waiting(item, timeout)
 
     def finish(self, error: BaseException, timeout: float | None = None) -> bool:
         """The last item: the consumer's ``get`` raises ``error``. Never dropped; waits for room
@@ -60,18 +63,25 @@ class Stage(Generic[T]):
 
     def _put_waiting(self, item: T | _Finished, timeout: float | None = None) -> bool:
         deadline = None if timeout is None else time.monotonic() + timeout
-        while not self.stop.is_set() and (deadline is None or time.monotonic() < deadline):
+        while not self.stop.is_set():
+            wait = POLL if deadline is None else max(0.0, min(POLL, deadline - time.monotonic()))
             try:
-                self._queue.put(item, timeout=POLL)
-                return True
+                self._queue.put(item, timeout=wait)  # tried once even when the time is up (timeout 0)
             except queue.Full:
+                if deadline is not None and time.monotonic() >= deadline:
+                    return False
                 continue
+            if self.ready is not None:
+                self.ready.set()
+            return True
         return False
 
     def _put_dropping(self, item: T) -> None:
         while True:
             try:
                 self._queue.put_nowait(item)
+                if self.ready is not None:
+                    self.ready.set()
                 return
             except queue.Full:
                 try:
@@ -100,3 +110,7 @@ class Stage(Generic[T]):
 
     def empty(self) -> bool:
         return self._queue.empty()
+
+    def room(self) -> int:
+        """Items that can be put now without waiting or dropping (exact for the only producer)."""
+        return self._queue.maxsize - self._queue.qsize()

@@ -17,20 +17,25 @@ from types import TracebackType
 
 from segengine.capture.base import Source, SourceStatus, SourceTimeout
 from segengine.errors import ConfigError, EndOfStream, SourceError
-from segengine.stage import POLL, Stage
+from segengine.stage import POLL, Policy, Stage
 from segengine.types import Frame
 
 
 class CaptureThread:
     """``get()`` hands frames to one consumer; end states are exceptions, like ``Source.read``."""
 
-    def __init__(self, source: Source, *, queue_size: int = 4, read_timeout: float = 1.0) -> None:
+    def __init__(self, source: Source, *, queue_size: int = 4, read_timeout: float = 1.0,
+                 policy: Policy | None = None, ready: threading.Event | None = None) -> None:
+        """``policy``: the queue's, whatever the source says (None: latest if it is live, else lossless).
+        ``ready``: set whenever a frame (or the end) is queued, for a consumer of several threads."""
         if not read_timeout > 0:
             raise ConfigError(f"read_timeout must be > 0 seconds, got {read_timeout}")
         self._source = source
         self._read_timeout = read_timeout
+        self._policy = policy
         self._stage: Stage[Frame] = Stage(f"capture {source.info.name}", maxsize=queue_size,
-                                          policy="latest" if source.info.live else "lossless")
+                                          policy=policy or ("latest" if source.info.live else "lossless"),
+                                          ready=ready)
         self._thread = threading.Thread(target=self._run, name=f"capture:{source.info.name}", daemon=True)
         self._outcome: BaseException | None = None  # set by the reader before it exits
         self.frames_read = 0  # written by the reader only
@@ -101,7 +106,7 @@ class CaptureThread:
         try:
             self._source.open()
             # Some sources learn whether they are live only by connecting (HTTP: a file or a feed).
-            self._stage.policy = "latest" if self._source.info.live else "lossless"
+            self._stage.policy = self._policy or ("latest" if self._source.info.live else "lossless")
             while not stop.is_set():
                 try:
                     frame = self._source.read(self._read_timeout)

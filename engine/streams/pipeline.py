@@ -1,0 +1,286 @@
+"""Many streams, one engine: every source's frames batched through one graph, each stream with its own state.
+
+``MultiPipeline(["a.mp4", "rtsp://cam/1"])`` runs one capture thread per source, one inference
+thread (the :class:`~segengine.streams.batcher.Batcher`: one backend call for frames of several
+streams) and one post thread per stream (its tracker, lane smoothing, renderer, sinks and
+statistics). Iterating yields every stream's results as they are done, each tagged with its stream
+id (``result.frame.stream``), in frame order within a stream. Streams come and go while it runs
+(``add_source`` / ``remove_source``); one that fails (a corrupt file, a camera that gives up
+reconnecting, a full disk) stops alone and is reported in ``failures``, the others go on. A
+failure of the engine itself (the backend) ends every stream and is raised to the caller.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from segengine.backends.base import Backend, BackendOptions
+from segengine.backends.registry import Choice, choose, open_backend, prepare_for
+from segengine.capture.base import Source, SourceOptions
+from segengine.capture.factory import open_source
+from segengine.errors import ConfigError, EndOfStream
+from segengine.graph.prepare import GraphTarget
+from segengine.models import zoo
+from segengine.post import PostStages
+from segengine.render.base import Renderer
+from segengine.render.compose import LayerRenderer
+from segengine.sinks.base import Sink, finish
+from segengine.stage import Stage
+from segengine.stats import RunStats
+from segengine.streams.batcher import Batcher
+from segengine.streams.ids import check_id, unique_ids
+from segengine.streams.stream import Stream, StreamOptions
+from segengine.tracking.base import Tracker
+
+log = logging.getLogger("segengine")
+POLL = 0.1
+
+
+class MultiPipeline:
+    """``with MultiPipeline(["a.mp4", "b.mp4"]) as p: for r in p: r.frame.stream, r.instances``.
+
+    What runs is chosen as for :class:`~segengine.pipeline.Pipeline` (``preset``, or ``model`` with
+    ``classes``, on ``backend``). ``max_batch``: frames per backend call at most (the graph is
+    exported with a batch axis up to it; a user's own model runs one frame at a time).
+    ``batch_timeout``: seconds a partial batch waits for more streams (None: half the fastest
+    stream's frame interval). ``render``: streams' default for drawing overlays. ``linger``: keep
+    iterating while no stream runs (a service adding sources later); else iteration ends once every
+    stream has ended. ``close()`` stops every thread within ``deadline`` seconds and finalises
+    every sink, also after an error or a signal.
+    """
+
+    def __init__(self, sources: Sequence[str | Source] = (), *, preset: str | None = None,
+                 model: Path | None = None, classes: Path | None = None, backend: str = "auto",
+                 max_batch: int = 4, batch_timeout: float | None = None, render: bool = True,
+                 dirs: zoo.WeightDirs | None = None, options: BackendOptions | None = None,
+                 deadline: float = 5.0, linger: bool = False, results_size: int = 64) -> None:
+        if preset is not None and model is not None:
+            raise ConfigError(f"both a preset ({preset}) and your own model ({model}): choose one")
+        if not 1 <= max_batch <= 64:
+            raise ConfigError(f"max_batch must be 1..64, got {max_batch}")
+        if batch_timeout is not None and not 0 <= batch_timeout <= 10:
+            raise ConfigError(f"batch_timeout must be 0..10 seconds, got {batch_timeout}")
+        self.target = GraphTarget(preset or "road", model, classes)
+        self.choice: Choice = choose(backend, models=self.target.models())
+        self.dirs = dirs
+        # Batches run one at a time: OpenVINO's lowest-latency mode gives each its every core.
+        options = options or BackendOptions(dirs=dirs)
+        self.options = replace(options, dirs=options.dirs or dirs, streams=options.streams or 1)
+        self.max_batch = max_batch
+        self.render = render
+        self.deadline = deadline
+        self.linger = linger
+        self._stop = threading.Event()
+        self._failed = threading.Event()  # the run failed: every stream keeps partial outputs
+        self._ready = threading.Event()
+        self._lock = threading.Lock()  # guards _streams (the batcher reads snapshots)
+        self._streams: dict[str, Stream] = {}
+        self.finished: dict[str, Stream] = {}  # streams that ended, failed or were removed, by id
+        self._order: list[str] = []  # every stream id, in the order added
+        self._results: Stage = Stage("results", maxsize=results_size, stop=self._stop)
+        self.batcher = Batcher(self._active, self._ready, timeout=batch_timeout)
+        self._backends: dict[tuple[int, int], Backend] = {}
+        self._staging: dict[tuple[int, int], np.ndarray] = {}
+        self._thread = threading.Thread(target=self._infer_loop, name="segengine-batcher", daemon=True)
+        self._started = self._closed = False
+        self.started = 0.0
+        for source in sources:
+            self.add_source(source)
+
+    # -- streams ----------------------------------------------------------------------------
+
+    def add_source(self, source: str | Source, *, stream_id: str | None = None,
+                   options: StreamOptions | None = None, sinks: Sequence[Sink] = (), render: bool | None = None,
+                   renderer: Renderer | None = None, tracker: Tracker | None = None, loop: bool = False,
+                   source_options: SourceOptions | None = None) -> str:
+        """Add a stream (also while running) and return its id: ``stream_id``, or one derived from
+        the source (never a password). The source opens here, so a bad one raises in the caller's
+        thread; the sinks given are the stream's own and are finalised when it ends (also if adding
+        it fails)."""
+        try:
+            if self._closed:
+                raise ConfigError("this pipeline is closed: make a new one")
+            with self._lock:
+                taken = [*self._streams, *self.finished]
+                name = source if isinstance(source, str) else source.info.name
+                sid = unique_ids([stream_id], [name], taken)[0] if stream_id is None else check_id(stream_id)
+                if sid in taken:
+                    raise ConfigError(f"a stream named {sid!r} is already in this pipeline: give another id")
+            if isinstance(source, str):
+                source = open_source(source, loop=loop, options=source_options)
+            elif loop or source_options is not None:
+                raise ConfigError("loop and source_options apply to a source given as a URI")
+            draw = self.render if render is None else render
+            post = PostStages(tracker=tracker, renderer=renderer or (LayerRenderer() if draw else None), sinks=sinks,
+                              stats=RunStats())
+        except BaseException:
+            for sink in sinks:
+                finish(sink, failed=True)
+            raise
+        stream = Stream(sid, source, options or StreamOptions(), post, ready=self._ready, results=self._results,
+                        failed=self._failed)
+        try:
+            if self._started:
+                stream.start()
+        except BaseException:
+            stream.halt(self.deadline)
+            raise
+        with self._lock:
+            self._streams[sid] = stream
+            self._order.append(sid)
+        self._ready.set()
+        return sid
+
+    def remove_source(self, stream_id: str, timeout: float | None = None) -> Stream:
+        """Stop one stream now, finalise its outputs and return it (its ``stats``, ``state``)."""
+        with self._lock:
+            stream = self._streams.pop(stream_id, None)
+        if stream is None:
+            have = ", ".join(self._streams) or "none"
+            raise ConfigError(f"no running stream {stream_id!r} (running: {have})")
+        if not stream.halt(self.deadline if timeout is None else timeout, removed=True):
+            log.warning("stream %s did not stop within the deadline", stream_id)
+        self.finished[stream_id] = stream
+        return stream
+
+    @property
+    def streams(self) -> dict[str, Stream]:
+        """Every stream by id, running or finished."""
+        with self._lock:
+            every = {**self.finished, **self._streams}
+        return {sid: every[sid] for sid in self._order if sid in every}
+
+    @property
+    def failures(self) -> dict[str, BaseException]:
+        return {sid: s.error for sid, s in self.streams.items() if s.error is not None}
+
+    def _active(self) -> list[Stream]:
+        with self._lock:
+            return [s for s in self._streams.values() if not s.done.is_set()]
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def start(self) -> MultiPipeline:
+        if not self._started:
+            self._started = True
+            self.started = time.monotonic()
+            for stream in list(self._streams.values()):
+                stream.start()  # a bad source fails here, before any work
+            self._thread.start()
+        return self
+
+    def __enter__(self) -> MultiPipeline:
+        try:
+            return self.start()
+        except BaseException:
+            self.close(failed=True)
+            raise
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        self.close(failed=exc_type is not None)
+
+    def stop(self) -> None:
+        """Ask every stage to stop; returns at once."""
+        self._stop.set()
+
+    def close(self, failed: bool = False) -> None:
+        """Stop every thread (bounded by the deadline) and finalise every stream's sinks. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if failed:
+            self._failed.set()
+        self._stop.set()
+        end = time.monotonic() + self.deadline
+        if self._thread.is_alive():
+            self._thread.join(timeout=max(0.1, end - time.monotonic()))
+        with self._lock:
+            streams, self._streams = dict(self._streams), {}
+        for sid, stream in streams.items():
+            stream.halt(max(0.1, end - time.monotonic()))
+            self.finished[sid] = stream
+        if not self._thread.is_alive():
+            for backend in self._backends.values():
+                backend.close()
+            self._backends.clear()
+
+    # -- the inference thread ---------------------------------------------------------------
+
+    def _infer_loop(self) -> None:
+        try:
+            for stream in self._active():  # graphs ready before the first frame: its latency is not the build's
+                if stream.size is not None:
+                    self._backend_for(stream.size)
+            while not self._stop.is_set():
+                batch = self.batcher.gather(self.max_batch, self._stop)
+                if batch.entries:
+                    self.batcher.run(batch, self._backend_for, self._stage_for)
+                self._retire()
+        except BaseException as exc:  # the engine itself failed: every stream ends with it
+            self._failed.set()
+            for stream in self._active():
+                stream.end(exc)
+            self._results.finish(exc, timeout=self.deadline)
+
+    def _backend_for(self, size: tuple[int, int]) -> Backend:
+        backend = self._backends.get(size)
+        if backend is None:
+            t0 = time.perf_counter()
+            prepared = prepare_for(self.choice, self.target, size, self.dirs, max_batch=self.max_batch)
+            backend = self._backends[size] = open_backend(self.choice, prepared, self.options)
+            log.info("graph ready for %dx%d (batch up to %d) in %.1f s", size[1], size[0],
+                     prepared.spec.input.max_batch, time.perf_counter() - t0)
+        return backend
+
+    def _stage_for(self, size: tuple[int, int], rows: int) -> np.ndarray:
+        """The batch input for frames of ``size``, allocated once per size and reused."""
+        buffer = self._staging.get(size)
+        if buffer is None or len(buffer) < rows:
+            buffer = self._staging[size] = np.empty((max(rows, self.max_batch), *size, 3), np.uint8)
+        return buffer[:rows]
+
+    def _retire(self) -> None:
+        """Streams that ended move to ``finished``; graphs no running stream needs are closed (a
+        camera that changed its frame size)."""
+        with self._lock:
+            for sid in [sid for sid, s in self._streams.items() if s.done.is_set()]:
+                self.finished[sid] = self._streams.pop(sid)
+        active = self._active()
+        needed = {s.size for s in active}
+        for size in [size for size in self._backends if active and size not in needed]:
+            self._backends.pop(size).close()
+            self._staging.pop(size, None)
+
+    # -- the caller's thread ----------------------------------------------------------------
+
+    def __iter__(self) -> Iterator:
+        self.start()
+        while not self._stop.is_set():
+            try:
+                yield self._results.get(timeout=POLL)
+                continue
+            except queue.Empty:
+                pass
+            except EndOfStream:
+                break
+            if not self.linger and not self._active() and self._results.empty():
+                with self._lock:
+                    idle = all(s.done.is_set() for s in self._streams.values())
+                if idle:
+                    break
+
+    def run(self, on_result: Callable | None = None) -> dict[str, Stream]:
+        """Process every stream to its end; ``on_result(result)`` for each frame. Returns the streams."""
+        with self:
+            for result in self:
+                if on_result is not None:
+                    on_result(result)
+        return self.streams
