@@ -58,7 +58,7 @@ class MultiPipeline:
     """
 
     def __init__(self, sources: Sequence[str | Source] = (), *, preset: str | None = None,
-                 model: Path | None = None, classes: Path | None = None, backend: str = "auto",
+                 model: Path | None = None, classes: Path | None = None, backend: str | Backend = "auto",
                  max_batch: int = 4, batch_timeout: float | None = None, render: bool = True,
                  dirs: zoo.WeightDirs | None = None, options: BackendOptions | None = None,
                  deadline: float = 5.0, linger: bool = False, results_size: int = 64) -> None:
@@ -69,7 +69,11 @@ class MultiPipeline:
         if batch_timeout is not None and not 0 <= batch_timeout <= 10:
             raise ConfigError(f"batch_timeout must be 0..10 seconds, got {batch_timeout}")
         self.target = GraphTarget(preset or "road", model, classes)
-        self.choice: Choice = choose(backend, models=self.target.models())
+        self._given: Backend | None = None if isinstance(backend, str) else backend
+        if self._given is not None and (preset is not None or model is not None):
+            raise ConfigError("a backend object runs its own graph: preset and model do not apply")
+        self.choice: Choice = (choose(backend, models=self.target.models()) if isinstance(backend, str)
+                               else Choice(backend.name, "given to the pipeline"))
         self.dirs = dirs
         # Batches run one at a time: OpenVINO's lowest-latency mode gives each its every core.
         options = options or BackendOptions(dirs=dirs)
@@ -209,7 +213,8 @@ class MultiPipeline:
             self.finished[sid] = stream
         if not self._thread.is_alive():
             for backend in self._backends.values():
-                backend.close()
+                if backend is not self._given:  # a backend given to the pipeline stays its owner's to close
+                    backend.close()
             self._backends.clear()
 
     # -- the inference thread ---------------------------------------------------------------
@@ -232,6 +237,12 @@ class MultiPipeline:
 
     def _backend_for(self, size: tuple[int, int]) -> Backend:
         backend = self._backends.get(size)
+        if backend is None and self._given is not None:
+            h, w = self._given.spec.frame_size
+            if size != (h, w):
+                raise ConfigError(f"the backend given to the pipeline runs a graph for {w}x{h} frames; a stream "
+                                  f"gives {size[1]}x{size[0]}: pass a backend name, so graphs follow the frames")
+            backend = self._backends[size] = self._given
         if backend is None:
             t0 = time.perf_counter()
             prepared = prepare_for(self.choice, self.target, size, self.dirs, max_batch=self.max_batch)
@@ -256,7 +267,9 @@ class MultiPipeline:
         active = self._active()
         needed = {s.size for s in active}
         for size in [size for size in self._backends if active and size not in needed]:
-            self._backends.pop(size).close()
+            backend = self._backends.pop(size)
+            if backend is not self._given:
+                backend.close()
             self._staging.pop(size, None)
 
     # -- the caller's thread ----------------------------------------------------------------
