@@ -23,7 +23,7 @@ from segengine.backends.base import BackendOptions
 from segengine.capture.base import Source, SourceOptions
 from segengine.capture.factory import open_source
 from segengine.capture.redact import Redactor
-from segengine.errors import ConfigError, EngineError, ModelError
+from segengine.errors import ConfigError, DownloadError, EngineError, ModelError, SourceError
 from segengine.exit_codes import EXIT_DAMAGED, EXIT_FAILED, EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM
 from segengine.interval import check_interval
 from segengine.logs import configure as configure_logging
@@ -104,11 +104,18 @@ def run_many(args: argparse.Namespace, parser_defaults: Mapping[str, Any]) -> in
         check_outputs({"--output": paths["output"], "--json": paths["json"]}, inputs, overwrite=args.overwrite,
                       folders={"--images-out": paths["images_out"]})
     opened: list[tuple[Source, list[Sink]]] = []
+    unopened: dict[str, SourceError] = {}  # streams whose source failed to open: they fail alone
     try:
-        for request, paths, (_, source_options) in zip(requests, outputs, parsed):
+        for sid, request, paths, (_, source_options) in zip(ids, requests, outputs, parsed):
             source = open_source(request.source, loop=request.settings["loop"], options=source_options)
+            try:
+                source.open()  # a bad source is said now, before any frame of any stream is read
+            except SourceError as exc:
+                source.close()
+                unopened[sid] = exc
+                print(f"segengine: stream {sid} failed: {exc}", file=sys.stderr)
+                continue
             opened.append((source, []))
-            source.open()  # a bad source is said now, before any frame of any stream is read
             opened[-1][1].extend(open_sinks(
                 output=paths["output"], json=paths["json"], show=args.show, image_dir=paths["images_out"],
                 info=source.info, json_masks=request.settings["json_masks"] or "instances", inputs=inputs,
@@ -118,26 +125,33 @@ def run_many(args: argparse.Namespace, parser_defaults: Mapping[str, Any]) -> in
                                  backend=engine["backend"], max_batch=engine["max_batch"],
                                  batch_timeout=engine["batch_timeout"], render=False, dirs=dirs,
                                  options=BackendOptions(precision=engine["precision"], dirs=dirs))
+        if not opened:
+            raise next(iter(unopened.values()))  # nothing can run: bad input, exit 2
     except BaseException:
         for source, sinks in opened:
             for sink in sinks:
                 finish(sink, failed=True)
             source.close()
         raise
-    for sid, (source, sinks), paths, (options, _) in zip(ids, opened, outputs, parsed):
+    kept = [i for i, sid in enumerate(ids) if sid not in unopened]
+    for i, (source, sinks) in zip(kept, opened):
+        paths = outputs[i]
         draw = bool(paths["output"] or paths["images_out"] or args.show)
-        pipeline.add_source(source, stream_id=sid, options=options, sinks=sinks, render=draw)
-    return _run(pipeline, args, [s.info.frame_count for s, _ in opened], parsed)
+        pipeline.add_source(source, stream_id=ids[i], options=parsed[i][0], sinks=sinks, render=draw)
+    counts = [s.info.frame_count for s, _ in opened]
+    return _run(pipeline, args, counts, [parsed[i][0] for i in kept], unopened)
 
 
-def _run(pipeline: MultiPipeline, args: argparse.Namespace, counts: list[int | None], parsed: list) -> int:
+def _run(pipeline: MultiPipeline, args: argparse.Namespace, counts: list[int | None], parsed: list[StreamOptions],
+         unopened: Mapping[str, SourceError]) -> int:
     from segengine.run import Signals
 
     if not args.quiet:
         names = ", ".join(pipeline.streams)
-        print(f"segengine: {len(counts)} streams ({names}) → backend {pipeline.choice.name} "
+        plural = "s" if len(counts) > 1 else ""
+        print(f"segengine: {len(counts)} stream{plural} ({names}) → backend {pipeline.choice.name} "
               f"({pipeline.choice.reason}), batches of up to {pipeline.max_batch}", file=sys.stderr)
-    limits = [o.max_frames for o, _ in parsed]
+    limits = [o.max_frames for o in parsed]
     known = [min(c, m) if c and m else c or m for c, m in zip(counts, limits)]
     total = sum(known) if all(known) else None  # type: ignore[arg-type]
     bar = tqdm(total=total, unit="frame", disable=True if args.quiet else None, file=sys.stderr)
@@ -147,7 +161,7 @@ def _run(pipeline: MultiPipeline, args: argparse.Namespace, counts: list[int | N
             pipeline.run(on_result=lambda _r: bar.update())
         except EngineError as exc:
             bar.close()
-            if isinstance(exc, (ConfigError, ModelError)):
+            if isinstance(exc, (ConfigError, ModelError)) and not isinstance(exc, DownloadError):
                 raise  # a graph that cannot be built for these frames: bad input, exit 2
             print(f"segengine: error: {exc}", file=sys.stderr)
             return EXIT_FAILED
@@ -156,7 +170,7 @@ def _run(pipeline: MultiPipeline, args: argparse.Namespace, counts: list[int | N
     wall = time.monotonic() - t0
     streams = pipeline.streams
     if not args.quiet:
-        print(table(streams, wall), file=sys.stderr)
+        print(table(streams, wall, {sid: str(exc) for sid, exc in unopened.items()}), file=sys.stderr)
     for sid, stream in streams.items():
         if stream.error is not None:
             print(f"segengine: stream {sid} failed: {stream.error}", file=sys.stderr)
@@ -165,7 +179,7 @@ def _run(pipeline: MultiPipeline, args: argparse.Namespace, counts: list[int | N
                   file=sys.stderr)
     if signals.received is not None:
         return EXIT_SIGINT if signals.received == signal.SIGINT else EXIT_SIGTERM
-    if any(s.error is not None for s in streams.values()):
+    if unopened or any(s.error is not None for s in streams.values()):
         return EXIT_FAILED
     damaged = {sid: s.stats.source for sid, s in streams.items() if s.stats.source.damaged}
     for sid, status in damaged.items():

@@ -38,7 +38,10 @@ class StreamOptions:
     interval: Interval = 1
     policy: Literal["auto", "lossless", "latest"] = "auto"
     max_frames: int | None = None
-    queue_size: int = 4
+    # Frames read ahead. None: 4 for a file; 1 for a live source, so the batcher always takes the
+    # newest frame (four queued would add four engine periods of latency whenever the engine is slower
+    # than the camera).
+    queue_size: int | None = None
 
     def __post_init__(self) -> None:
         check_interval(self.interval)
@@ -46,7 +49,7 @@ class StreamOptions:
             raise ConfigError(f"drop policy {self.policy!r}: use auto, lossless or latest")
         if self.max_frames is not None and self.max_frames < 1:
             raise ConfigError(f"max_frames must be at least 1, got {self.max_frames}")
-        if self.queue_size < 1:
+        if self.queue_size is not None and self.queue_size < 1:
             raise ConfigError(f"queue_size must be at least 1, got {self.queue_size}")
 
 
@@ -66,10 +69,11 @@ class Stream:
         self._removed = False
         self._failed_run = failed  # the whole run failed: outputs are kept as partials
         forced = None if options.policy == "auto" else options.policy
-        self.capture = CaptureThread(source, queue_size=options.queue_size, policy=forced, ready=ready)
+        live = forced == "latest" or (forced is None and source.info.live)
+        ahead = options.queue_size or (1 if live else 4)
+        self.capture = CaptureThread(source, queue_size=ahead, policy=forced, ready=ready)
         # One slot more than the batcher fills, so the end marker always fits without waiting.
-        self._inbox: Stage[FrameResult] = Stage(f"post {stream_id}", maxsize=options.queue_size + 1,
-                                                stop=self._halt)
+        self._inbox: Stage[FrameResult] = Stage(f"post {stream_id}", maxsize=max(ahead, 4) + 1, stop=self._halt)
         self._results = results
         self._thread = threading.Thread(target=self._post_loop, name=f"segengine-post:{stream_id}", daemon=True)
         self.policy: IntervalPolicy | None = None

@@ -24,8 +24,11 @@ def _merged(hists: list[Histogram]) -> Histogram:
     return total
 
 
-def rows(streams: Mapping[str, Stream], wall: float) -> list[tuple[str, ...]]:
-    """The table's rows, header first; fps per stream over its own steady state, the total's over ``wall``."""
+def rows(streams: Mapping[str, Stream], wall: float,
+         unopened: Mapping[str, str] | None = None) -> list[tuple[str, ...]]:
+    """The table's rows, header first; fps per stream over its own steady state, the total's over ``wall``;
+    ``unopened``: streams whose source never opened (why), a row each."""
+    unopened = unopened or {}
     out = [_HEAD]
     latencies = []
     frames = dropped = reconnects = 0
@@ -38,15 +41,16 @@ def rows(streams: Mapping[str, Stream], wall: float) -> list[tuple[str, ...]]:
         out.append((sid, stream.state, str(stats.frames), "-" if math.isnan(fps) else f"{fps:.1f}",
                     str(status.dropped), str(status.reconnects), _ms(latency, 50), _ms(latency, 99)))
         frames, dropped, reconnects = frames + stats.frames, dropped + status.dropped, reconnects + status.reconnects
+    out.extend((sid, "failed", "0", "-", "0", "0", "-", "-") for sid in unopened)
     total_fps = f"{frames / wall:.1f}" if wall > 0 else "-"
     merged = _merged(latencies) if latencies else None
-    out.append(("total", f"{len(streams)} streams", str(frames), total_fps, str(dropped), str(reconnects),
-                _ms(merged, 50), _ms(merged, 99)))
+    out.append(("total", f"{len(streams) + len(unopened)} streams", str(frames), total_fps, str(dropped),
+                str(reconnects), _ms(merged, 50), _ms(merged, 99)))
     return out
 
 
-def table(streams: Mapping[str, Stream], wall: float) -> str:
-    body = rows(streams, wall)
+def table(streams: Mapping[str, Stream], wall: float, unopened: Mapping[str, str] | None = None) -> str:
+    body = rows(streams, wall, unopened)
     widths = [max(len(r[i]) for r in body) for i in range(len(_HEAD))]
     lines = []
     for row in body:
