@@ -31,9 +31,11 @@ if TYPE_CHECKING:
     from segengine.graph.spec import GraphSpec
     from segengine.pipeline import Pipeline
     from segengine.render.compose import LayerRenderer
+    from segengine.streams import MultiPipeline, StreamOptions
 
 _LAZY = {
     "Pipeline": "segengine.pipeline", "open_source": "segengine.capture.factory",
+    "MultiPipeline": "segengine.streams.pipeline", "StreamOptions": "segengine.streams.stream",
     "Source": "segengine.capture.base", "SourceOptions": "segengine.capture.base",
     "Backend": "segengine.backends.base", "BackendOptions": "segengine.backends.base",
     "GraphSpec": "segengine.graph.spec", "LayerRenderer": "segengine.render.compose",
@@ -41,8 +43,8 @@ _LAZY = {
 
 __all__ = ["Backend", "BackendError", "BackendOptions", "BinaryMap", "ConfigError", "DownloadError", "EndOfStream",
            "EngineError", "Frame", "FrameResult", "GraphSpec", "Instances", "LaneLines", "LayerRenderer",
-           "ModelError", "Pipeline", "SemanticMap", "SinkError", "Source", "SourceError", "SourceInfo",
-           "SourceOptions", "SourceStatus", "open_source"]
+           "ModelError", "MultiPipeline", "Pipeline", "SemanticMap", "SinkError", "Source", "SourceError", "SourceInfo",
+           "SourceOptions", "SourceStatus", "StreamOptions", "open_source"]
 
 
 def __getattr__(name: str) -> Any:
