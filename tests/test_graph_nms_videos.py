@@ -35,7 +35,7 @@ class _Candidates(torch.nn.Module):
     def forward(self, frame: torch.Tensor) -> tuple[torch.Tensor, ...]:
         pred = self.head.net(self.head.pre(frame))[0]
         conf, boxes, cls, _ = self.head.decode.candidates_of(pred)
-        return boxes, cls, conf
+        return boxes[0], cls[0], conf[0]  # the decode keeps the batch axis
 
 
 def _frames_candidates(video: Path, dirs: zoo.WeightDirs, tmp: Path) -> list[tuple[np.ndarray, ...]]:

@@ -54,10 +54,11 @@ class OnnxRuntimeBackend(BackendInfo):
         return "ONNX Runtime on the CPU" + ("" if env.has_cuda else f" (no CUDA GPU: {env.no_gpu_reason()})")
 
     def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        """``batch``: uint8 B×H×W×3 or H×W×3 RGB → the graph's outputs by name."""
+        """``batch``: uint8 B×H×W×3 (B up to the spec's max batch) or H×W×3 RGB → the graph's outputs by name."""
         if self._session is None:
             raise BackendError("backend is closed")
         batch = batch[None] if batch.ndim == 3 else batch
+        self.spec.check_batch(len(batch))
         outputs = self._session.run(self.output_names, {self.input_name: np.ascontiguousarray(batch)})
         return dict(zip(self.output_names, outputs))
 

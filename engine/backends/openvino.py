@@ -123,9 +123,10 @@ class OpenVinoBackend(BackendInfo):
             raise BackendError("backend is closed")
         if len(self._pending) >= self.depth:
             raise BackendError(f"openvino holds {self.depth} frames in flight already: collect one first")
+        batch = frame[None] if frame.ndim == 3 else frame
+        self.spec.check_batch(len(batch))  # before a request is taken: a refused frame uses none
         request = self._requests[self._next]
         self._next = (self._next + 1) % self.depth
-        batch = frame[None] if frame.ndim == 3 else frame
         request.start_async({0: np.ascontiguousarray(batch)})  # copies the input: the caller may reuse it
         self._pending.append(request)
 

@@ -55,9 +55,11 @@ def available_report(env: GpuEnvironment) -> list[str]:
 
 
 def prepare_for(choice: Choice, target: GraphTarget, frame_size: tuple[int, int],
-                dirs: zoo.WeightDirs | None = None) -> PreparedGraph:
-    """The graph of ``target`` in the form the chosen backend runs."""
-    return prepare(target, frame_size, BACKENDS[choice.name].graph_format, dirs)  # type: ignore[arg-type]
+                dirs: zoo.WeightDirs | None = None, max_batch: int = 1) -> PreparedGraph:
+    """The graph of ``target`` in the form the chosen backend runs, for batches of 1..``max_batch``
+    frames (a user's own model: batch 1 only; its spec says so)."""
+    fmt = BACKENDS[choice.name].graph_format
+    return prepare(target, frame_size, fmt, dirs, max_batch)  # type: ignore[arg-type]
 
 
 def open_backend(choice: Choice, prepared: PreparedGraph, options: BackendOptions | None = None) -> Backend:

@@ -55,6 +55,7 @@ class TorchBackend(BackendInfo):
         if self._graph is None:
             raise BackendError("backend is closed")
         batch = frame if frame.ndim == 4 else frame[None]
+        self.spec.check_batch(len(batch))  # the module itself would run any batch
         if self._stream is None:
             torch.set_flush_denormal(True)
             try:

@@ -73,19 +73,28 @@ def _code_digest() -> str:
     return digest.hexdigest()
 
 
-def graph_key(name: str, frame_size: tuple[int, int]) -> str:
+def graph_key(name: str, frame_size: tuple[int, int], max_batch: int = 1) -> str:
+    """``max_batch`` > 1 adds ``-b{max_batch}``: a batch-1 graph keeps the key it always had."""
     digest = hashlib.sha256(_code_digest().encode())
     for model in model_names(name):
         digest.update(zoo.card(model).sha256.encode())
     h, w = frame_size
-    return f"{name}-{w}x{h}-{digest.hexdigest()[:16]}"
+    batch = f"-b{max_batch}" if max_batch > 1 else ""
+    return f"{name}-{w}x{h}{batch}-{digest.hexdigest()[:16]}"
 
 
-def cached_graph(name: str, frame_size: tuple[int, int], *, dirs: zoo.WeightDirs | None = None) -> Path:
-    """The ONNX graph of preset or model ``name`` for ``frame_size`` (height, width); exported when missing."""
+def cached_graph(name: str, frame_size: tuple[int, int], *, dirs: zoo.WeightDirs | None = None,
+                 max_batch: int = 1) -> Path:
+    """The ONNX graph of preset or model ``name`` for ``frame_size`` (height, width) and batches of
+    1..``max_batch`` frames; exported when missing."""
     dirs = dirs or zoo.WeightDirs.from_env()
-    return _cached(dirs, graph_key(name, frame_size),
-                   lambda out: export_graph(build_graph(name, frame_size, dirs), out))
+
+    def export(out: Path) -> Path:
+        # Batch 1 calls build_graph as it always has (tests stand in for it with that signature).
+        graph = build_graph(name, frame_size, dirs, max_batch) if max_batch > 1 else build_graph(name, frame_size, dirs)
+        return export_graph(graph, out)
+
+    return _cached(dirs, graph_key(name, frame_size, max_batch), export)
 
 
 def cached_custom_graph(model_file: Path, frame_size: tuple[int, int], *, classes: Path | None = None,

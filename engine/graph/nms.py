@@ -32,34 +32,44 @@ _SCALE = 2.0 ** -6
 
 def suppression(boxes: torch.Tensor, classes: torch.Tensor, valid: torch.Tensor,
                 iou_threshold: float) -> torch.Tensor:
-    """K×K float 0/1: row i suppresses column j (i ranks higher, same class, IoU > threshold,
-    i valid). The IoU is computed as ONNX Runtime's NonMaxSuppression computes it, so the
-    comparisons come out the same: intersection / (area_i + area_j - intersection) > threshold,
-    never suppressing where the intersection is empty."""
-    x1, y1, x2, y2 = (boxes * _SCALE).unbind(1)
+    """(B×)K×K float 0/1: row i suppresses column j (i ranks higher, same class, IoU > threshold,
+    i valid), per frame of a batch when the inputs have one. The IoU is computed as ONNX Runtime's
+    NonMaxSuppression computes it, so the comparisons come out the same: intersection /
+    (area_i + area_j - intersection) > threshold, never suppressing where the intersection is empty."""
+    x1, y1, x2, y2 = (boxes * _SCALE).unbind(-1)
     area = (x2 - x1) * (y2 - y1)
     # One coordinate at a time: K×1 against 1×K. Pairs of coordinates (K×1×2 against 1×K×2)
     # broadcast over an inner axis of 2, which ONNX Runtime runs ten times slower.
-    w = (torch.minimum(x2[:, None], x2[None, :]) - torch.maximum(x1[:, None], x1[None, :])).clamp(min=0)
-    h = (torch.minimum(y2[:, None], y2[None, :]) - torch.maximum(y1[:, None], y1[None, :])).clamp(min=0)
+    w = (torch.minimum(_col(x2), _row(x2)) - torch.maximum(_col(x1), _row(x1))).clamp(min=0)
+    h = (torch.minimum(_col(y2), _row(y2)) - torch.maximum(_col(y1), _row(y1))).clamp(min=0)
     inter = w * h
     # 0 / 0 (two empty boxes) is NaN, and NaN > threshold is false: no suppression, as in ORT.
-    over = inter / (area[:, None] + area[None, :] - inter) > iou_threshold
-    rank = torch.arange(boxes.shape[0], device=boxes.device)
+    over = inter / (_col(area) + _row(area) - inter) > iou_threshold
+    rank = torch.arange(boxes.shape[-2], device=boxes.device)
     ahead = rank[:, None] < rank[None, :]
-    same = classes[:, None] == classes[None, :]
-    return (over & same & ahead & valid[:, None]).to(boxes.dtype)
+    same = _col(classes) == _row(classes)
+    return (over & same & ahead & _col(valid)).to(boxes.dtype)
+
+
+def _col(t: torch.Tensor) -> torch.Tensor:
+    """(B×)K → (B×)K×1: i's value, against every j."""
+    return t.unsqueeze(-1)
+
+
+def _row(t: torch.Tensor) -> torch.Tensor:
+    """(B×)K → (B×)1×K: j's value, against every i."""
+    return t.unsqueeze(-2)
 
 
 def greedy_nms(boxes: torch.Tensor, classes: torch.Tensor, valid: torch.Tensor, iou_threshold: float,
                iterations: int = ITERATIONS) -> torch.Tensor:
     """Greedy per-class NMS over candidates sorted by descending score: ``boxes`` K×4 xyxy,
-    ``classes`` K, ``valid`` K bool (above the score threshold). Returns K 0/1 in the boxes'
-    dtype: 1 where a box is kept."""
+    ``classes`` K, ``valid`` K bool (above the score threshold), or each with a batch axis first
+    (every frame on its own). Returns (B×)K 0/1 in the boxes' dtype: 1 where a box is kept."""
     s = suppression(boxes, classes, valid, iou_threshold)
     alive = valid.to(boxes.dtype)
     keep = alive
     for _ in range(iterations):
         # "Some kept box suppresses it", as a max over 0/1 products: exact in any precision.
-        keep = alive * ((s * keep[:, None]).amax(dim=0) <= 0).to(boxes.dtype)
+        keep = alive * ((s * keep.unsqueeze(-1)).amax(dim=-2) <= 0).to(boxes.dtype)
     return keep

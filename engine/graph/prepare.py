@@ -46,7 +46,12 @@ class PreparedGraph:
 
 
 def prepare(target: GraphTarget, frame_size: tuple[int, int], fmt: GraphFormat,
-            dirs: zoo.WeightDirs | None = None) -> PreparedGraph:
+            dirs: zoo.WeightDirs | None = None, max_batch: int = 1) -> PreparedGraph:
+    """``target``'s graph for ``frame_size`` in form ``fmt``, taking batches of 1..``max_batch`` frames.
+
+    A user's own model (``model_file``) is always wrapped at batch 1, whatever ``max_batch`` asks:
+    its network is fixed to batch 1 when it is spliced in (``graph.custom``). Its spec then says
+    ``max_batch=1``, and callers read the spec and send one frame at a time."""
     dirs = dirs or zoo.WeightDirs.from_env()
     if fmt == "torch":
         if target.model_file is not None:
@@ -54,12 +59,12 @@ def prepare(target: GraphTarget, frame_size: tuple[int, int], fmt: GraphFormat,
                               "tensorrt), not on torch")
         from segengine.graph.compose import build_graph
 
-        module = build_graph(target.name, frame_size, dirs)
+        module = build_graph(target.name, frame_size, dirs, max_batch)
         return PreparedGraph(module, module.spec())
     from segengine.graph.cache import cached_custom_graph, cached_graph
 
     if target.model_file is not None:
         path = cached_custom_graph(target.model_file, frame_size, classes=target.classes, dirs=dirs)
     else:
-        path = cached_graph(target.name, frame_size, dirs=dirs)
+        path = cached_graph(target.name, frame_size, dirs=dirs, max_batch=max_batch)
     return PreparedGraph(path, GraphSpec.read_file(path))

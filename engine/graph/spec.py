@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from segengine.errors import ConfigError
+from segengine.errors import BackendError, ConfigError
 from segengine.geometry import Placement
 
 VERSION = 2
@@ -112,6 +112,14 @@ class GraphSpec:
     def tensor_names(self) -> tuple[str, ...]:
         """Every graph output tensor, in the graph's output order."""
         return tuple(t for o in self.outputs for t in o.tensors)
+
+    def check_batch(self, frames: int) -> None:
+        """Refuse a batch the graph does not take: an exported batch axis carries no bound of its own,
+        and a runtime would run a larger batch (ONNX Runtime, OpenVINO) or fail on it with its own words."""
+        top, dynamic = self.input.max_batch, self.input.dynamic_batch
+        if not (1 <= frames <= top if dynamic else frames == top):
+            takes = f"1 to {top} frames" if dynamic else f"exactly {top} frames" if top > 1 else "one frame"
+            raise BackendError(f"graph {self.name} takes {takes} per call (its max batch is {top}), not {frames}")
 
     def output(self, name: str) -> OutputSpec:
         for out in self.outputs:
