@@ -139,7 +139,7 @@ def graph_for(request: BuildRequest, dirs: zoo.WeightDirs) -> Path:
         return Path(request.target)
     from segengine.graph.cache import cached_graph
 
-    return cached_graph(request.target, request.frame_size, dirs=dirs)
+    return cached_graph(request.target, request.frame_size, dirs=dirs, max_batch=request.max_batch)
 
 
 def build(request: BuildRequest, env: GpuEnvironment, dirs: zoo.WeightDirs, *, out: TextIO | None = None,
@@ -216,8 +216,9 @@ def build_into(cache: EngineCache, key: EngineKey, graph: Path, request: BuildRe
 
 
 def engine_for_run(graph: Path, env: GpuEnvironment, dirs: zoo.WeightDirs, memory: Memory, *,
-                   label: str, out: TextIO | None = None) -> tuple[Path, EngineKey]:
-    """The best valid cached engine for ``graph`` on this machine (int8 > fp16 > fp32), else a new fp16 one."""
+                   label: str, out: TextIO | None = None, max_batch: int = 1) -> tuple[Path, EngineKey]:
+    """The best valid cached engine for ``graph`` on this machine (int8 > fp16 > fp32) whose batch profile
+    reaches ``max_batch``, else a new fp16 one with the profile 1..max_batch."""
     from segengine.backends import tensorrt as trt_backend
 
     out = out if out is not None else sys.stderr
@@ -225,12 +226,17 @@ def engine_for_run(graph: Path, env: GpuEnvironment, dirs: zoo.WeightDirs, memor
     cache = EngineCache(engine_folder(dirs))
     model_sha = sha256_of(graph)
     found, stale = cache.candidates(model_sha, env.tensorrt_version or "none", gpu.name, gpu.compute_capability)
+    for path, key in found:
+        if key.profile[0][3][0] < max_batch:
+            print(f"segengine: not using {path.name}: its batch profile ends at {key.profile[0][3][0]}, "
+                  f"{max_batch} are needed", file=out)
+    found = [(path, key) for path, key in found if key.profile[0][3][0] >= max_batch]
     for reason in stale:
         print(f"segengine: not using {reason}", file=out)
     if found:
         return found[0]
     precision = "fp16" if trt_backend.supports("fp16") else "fp32"
-    profile = shape_profile(onnx_inputs(graph), 1)
+    profile = shape_profile(onnx_inputs(graph), max_batch)
     key = make_key(graph, env, (gpu.name, gpu.compute_capability), precision, profile, label=label)
     print(f"segengine: no TensorRT engine for {label} on {gpu.name} yet: building one ({precision}; once per "
           f"frame size; `segengine build` does it ahead of time)", file=out)

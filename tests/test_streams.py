@@ -249,3 +249,19 @@ def test_config_errors_name_the_file_and_the_key(tmp_path: Path, text: str, mess
     with pytest.raises(ConfigError, match=message) as caught:
         config.requests(args, defaults, config.load_file(path), str(path))
     assert str(path) in str(caught.value)
+
+
+def test_partial_batches_on_a_fixed_batch_engine_are_padded_and_cut_back() -> None:
+    from segengine.backends.padding import BatchPadder
+    from segengine.errors import BackendError
+
+    padder = BatchPadder(4, (2, 3, 3))
+    frames = np.arange(2 * 2 * 3 * 3, dtype=np.uint8).reshape(2, 2, 3, 3)
+    padded = padder.pad(frames)
+    assert padded.shape == (4, 2, 3, 3) and np.array_equal(padded[:2], frames) and not padded[2:].any()
+    full = np.ones((4, 2, 3, 3), np.uint8)
+    assert padder.pad(full) is full  # a full batch goes as it is
+    assert padder.cut({"x": np.arange(4)})["x"].tolist() == [0, 1]  # oldest call first: its 2 rows
+    assert padder.cut({"x": np.arange(4)})["x"].tolist() == [0, 1, 2, 3]
+    with pytest.raises(BackendError, match="1 to 4"):
+        padder.pad(np.zeros((5, 2, 3, 3), np.uint8))

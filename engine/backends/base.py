@@ -62,6 +62,9 @@ class BackendInfo:
     """Defaults for the class-level questions: available everywhere, refused with the reason, fp32."""
 
     precisions: ClassVar[tuple[str, ...]] = ("fp32",)
+    # Whether frames of several streams go faster as one batch than one at a time (the multi-stream
+    # pipeline exports its graph with a batch axis only then; else it keeps frames in flight).
+    batching: ClassVar[bool] = True
 
     @classmethod
     def check_precision(cls, options: BackendOptions) -> str:

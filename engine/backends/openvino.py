@@ -39,6 +39,10 @@ class OpenVinoBackend(BackendInfo):
     name: ClassVar[str] = "openvino"
     graph_format: ClassVar[str] = "onnx"
     precisions: ClassVar[tuple[str, ...]] = ("bf16", "fp32", "int8")
+    # Its streams (frames in flight, a request per core group) beat batches on a CPU: road at 960x540
+    # on 2 cores, fp32, 221 ms a frame at batch 1 with 2 streams, 243-293 at batch 4
+    # (benchmarks/batch_scaling.py); and the static batch-1 graph is 6-9 % faster than a dynamic one.
+    batching: ClassVar[bool] = False
 
     def __init__(self, graph: Path, spec: GraphSpec, options: BackendOptions | None = None) -> None:
         options = options or BackendOptions()

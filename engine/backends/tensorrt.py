@@ -194,7 +194,8 @@ class EngineRunner:
     """A serialized engine run by the double-buffered runtime; ``submit``/``collect`` overlap frames.
     Owns ``memory`` from here on (closed with it)."""
 
-    def __init__(self, engine_path: Path, memory: Memory, *, depth: int = 2, cuda_graphs: bool = True) -> None:
+    def __init__(self, engine_path: Path, memory: Memory, *, depth: int = 2, cuda_graphs: bool = True,
+                 batch: int = 1) -> None:
         self.memory = memory
         self._logger = _Logger()
         self._runtime, self._engine = load_engine(engine_path, self._logger)
@@ -204,7 +205,7 @@ class EngineRunner:
                                f"({'; '.join(self._logger.errors[-2:]) or 'no reason given'}); this is usually "
                                "too little free GPU memory: stop other GPU processes or use a smaller engine "
                                "(--workspace, a smaller --frame-size or --max-batch)")
-        self.io = io_spec(self._engine, self._context)
+        self.io = io_spec(self._engine, self._context, batch)  # fixed: buffers and CUDA graph made once
         self._streamed: StreamedRuntime | None = StreamedRuntime(memory, self.io, _ContextExecutor(self._context),
                                                                  depth=depth, cuda_graphs=cuda_graphs)
         self.output_names = [o.name for o in self.io.outputs]

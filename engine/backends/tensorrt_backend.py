@@ -11,6 +11,7 @@ from typing import ClassVar
 import numpy as np
 
 from segengine.backends.base import BackendInfo, BackendOptions
+from segengine.backends.padding import BatchPadder
 from segengine.backends.probe import GpuEnvironment, detect
 from segengine.errors import BackendError
 from segengine.graph.spec import GraphSpec
@@ -35,19 +36,21 @@ class TensorRTBackend(BackendInfo):
 
         self.spec = spec
         dirs = options.dirs or zoo.WeightDirs.from_env()
-        label = f"{spec.name}-{spec.frame_size[1]}x{spec.frame_size[0]}"
+        batch = spec.input.max_batch  # a graph with a batch axis (many streams) runs padded to its max
+        self._padder = BatchPadder(batch, (*spec.frame_size, 3))
+        label = f"{spec.name}-{spec.frame_size[1]}x{spec.frame_size[0]}" + (f"-b{batch}" if batch > 1 else "")
         memory = open_memory("auto")
         try:
-            path, key = engine_for_run(graph, env, dirs, memory, label=label)
+            path, key = engine_for_run(graph, env, dirs, memory, label=label, max_batch=batch)
             try:
-                self._runner = EngineRunner(path, memory)
+                self._runner = EngineRunner(path, memory, batch=batch)
             except BackendError as exc:
                 print(f"segengine: {exc}; rebuilding it", file=sys.stderr)
                 cache = EngineCache(engine_folder(dirs))
                 cache.discard(key)
                 path = build_into(cache, key, graph, BuildRequest(label, precision=key.precision), memory,
                                   out=sys.stderr)
-                self._runner = EngineRunner(path, memory)
+                self._runner = EngineRunner(path, memory, batch=batch)
         except BaseException:
             memory.close()
             raise
@@ -79,13 +82,13 @@ class TensorRTBackend(BackendInfo):
 
     # The runner refuses frames once closed, and closes once: nothing to add here.
     def infer(self, frame: np.ndarray) -> dict[str, np.ndarray]:
-        return self._runner.infer(frame)
+        return self._padder.cut(self._runner.infer(self._padder.pad(frame)))
 
     def submit(self, frame: np.ndarray) -> None:
-        self._runner.submit(frame)
+        self._runner.submit(self._padder.pad(frame))
 
     def collect(self) -> dict[str, np.ndarray]:
-        return self._runner.collect()
+        return self._padder.cut(self._runner.collect())
 
     def close(self) -> None:
         self._runner.close()

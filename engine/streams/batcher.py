@@ -14,13 +14,13 @@ policy skips pass through uninferred in their place.
 from __future__ import annotations
 
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from segengine.backends.base import Backend
+from segengine.backends.base import Backend, Pipelined
 from segengine.layers import decode_layers
 from segengine.streams.stream import Stream
 from segengine.types import Frame, FrameResult
@@ -98,7 +98,9 @@ class Batcher:
 
     def run(self, batch: Batch, backend_for: Callable[[tuple[int, int]], Backend],
             staging: Callable[[tuple[int, int], int], np.ndarray]) -> None:
-        """Infer the batch's frames (one call per frame size) and hand every entry to its stream."""
+        """Infer the batch's frames (calls of up to the graph's max batch, per frame size) and hand every
+        entry to its stream. A backend that keeps frames in flight (OpenVINO's streams) gets up to its
+        ``depth`` calls submitted before the oldest is collected, so they compute at once."""
         results: dict[int, FrameResult] = {}
         groups: dict[tuple[int, int], list[tuple[Stream, Frame]]] = {}
         for stream, frame in batch.frames:
@@ -106,22 +108,43 @@ class Batcher:
         for size, group in groups.items():
             backend = backend_for(size)
             limit = backend.spec.input.max_batch
-            for start in range(0, len(group), limit):  # a graph without a batch axis takes one at a time
-                part = group[start:start + limit]
-                if len(part) == 1:
-                    images = part[0][1].image[None]
-                else:
-                    images = staging(size, len(part))
-                    for row, (_, frame) in enumerate(part):
-                        images[row] = frame.image
+            calls = [group[i:i + limit] for i in range(0, len(group), limit)]
+            if isinstance(backend, Pipelined) and len(calls) > 1:
+                in_flight: deque[tuple[list[tuple[Stream, Frame]], float]] = deque()
+                for part in calls:
+                    backend.submit(self._images(part, size, staging, copy=True))
+                    in_flight.append((part, time.perf_counter()))
+                    if len(in_flight) >= backend.depth:
+                        part, t0 = in_flight.popleft()
+                        self._decoded(part, backend, backend.collect(), t0, results)
+                while in_flight:
+                    part, t0 = in_flight.popleft()
+                    self._decoded(part, backend, backend.collect(), t0, results)
+                continue
+            for part in calls:
                 t0 = time.perf_counter()
-                outputs = backend.infer(images)
-                elapsed = time.perf_counter() - t0
-                self.sizes[len(part)] += 1
-                for row, (stream, frame) in enumerate(part):
-                    results[id(frame)] = FrameResult(frame, decode_layers(outputs, backend.spec, row),
-                                                     timings={"infer": elapsed})
-                    assert stream.policy is not None
-                    stream.policy.observe(elapsed)
+                self._decoded(part, backend, backend.infer(self._images(part, size, staging)), t0, results)
         for stream, item in batch.entries:
             stream.deliver(results[id(item)] if isinstance(item, Frame) else item)
+
+    @staticmethod
+    def _images(part: list[tuple[Stream, Frame]], size: tuple[int, int],
+                staging: Callable[[tuple[int, int], int], np.ndarray], copy: bool = False) -> np.ndarray:
+        if len(part) == 1:
+            return part[0][1].image[None]
+        if copy:  # calls in flight at once cannot share one staging buffer
+            return np.stack([frame.image for _, frame in part])
+        images = staging(size, len(part))
+        for row, (_, frame) in enumerate(part):
+            images[row] = frame.image
+        return images
+
+    def _decoded(self, part: list[tuple[Stream, Frame]], backend: Backend, outputs: dict[str, np.ndarray],
+                 started: float, results: dict[int, FrameResult]) -> None:
+        elapsed = time.perf_counter() - started
+        self.sizes[len(part)] += 1
+        for row, (stream, frame) in enumerate(part):
+            results[id(frame)] = FrameResult(frame, decode_layers(outputs, backend.spec, row),
+                                             timings={"infer": elapsed})
+            assert stream.policy is not None
+            stream.policy.observe(elapsed)

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from segengine.backends.base import Backend, BackendOptions
-from segengine.backends.registry import Choice, choose, open_backend, prepare_for
+from segengine.backends.registry import BACKENDS, Choice, choose, open_backend, prepare_for
 from segengine.capture.base import Source, SourceOptions
 from segengine.capture.factory import open_source
 from segengine.errors import ConfigError, EndOfStream
@@ -75,9 +75,8 @@ class MultiPipeline:
         self.choice: Choice = (choose(backend, models=self.target.models()) if isinstance(backend, str)
                                else Choice(backend.name, "given to the pipeline"))
         self.dirs = dirs
-        # Batches run one at a time: OpenVINO's lowest-latency mode gives each its every core.
         options = options or BackendOptions(dirs=dirs)
-        self.options = replace(options, dirs=options.dirs or dirs, streams=options.streams or 1)
+        self.options = replace(options, dirs=options.dirs or dirs)
         self.max_batch = max_batch
         self.render = render
         self.deadline = deadline
@@ -245,7 +244,8 @@ class MultiPipeline:
             backend = self._backends[size] = self._given
         if backend is None:
             t0 = time.perf_counter()
-            prepared = prepare_for(self.choice, self.target, size, self.dirs, max_batch=self.max_batch)
+            rows = self.max_batch if BACKENDS[self.choice.name].batching else 1  # else frames in flight
+            prepared = prepare_for(self.choice, self.target, size, self.dirs, max_batch=rows)
             backend = self._backends[size] = open_backend(self.choice, prepared, self.options)
             log.info("graph ready for %dx%d (batch up to %d) in %.1f s", size[1], size[0],
                      prepared.spec.input.max_batch, time.perf_counter() - t0)
