@@ -1,13 +1,16 @@
 """GPU: bare engine throughput vs `segengine run` end to end, on the same video, in one run.
 
     python benchmarks/gpu_throughput.py [VIDEO] [--backend tensorrt|torch] [--precision fp16] [--repeat 1]
+                                        [--batch 1 2 4 8]
 
 Bare: every frame decoded into memory first, then the engine alone, two ways for TensorRT:
 ``infer`` (one frame at a time, synchronous) and ``submit``/``collect`` with one frame in
 flight (the copy of frame N+1 overlaps the compute of frame N). For torch, ``infer`` only.
 End to end: `segengine run --backend BACKEND` on the same video (decode, inference, tracking,
 lanes, rendering, H.264 MP4 and JSONL), the engine already built and cached, so neither
-export nor build is timed. Needs an NVIDIA GPU; says what is missing otherwise.
+export nor build is timed. Then frames a second at each ``--batch`` size (the graph with a batch axis
+that many streams share; TensorRT builds its profile 1..B), against batch 1. Needs an NVIDIA GPU;
+says what is missing otherwise.
 """
 
 from __future__ import annotations
@@ -77,6 +80,28 @@ def bare_torch(name: str, size: tuple[int, int], frames: list) -> dict[str, obje
         backend.close()
 
 
+def batched(backend_name: str, preset: str, size: tuple[int, int], frames: list, batch: int) -> float:
+    """Frames a second through the engine in batches of ``batch`` frames (the many-streams path: a graph
+    with a batch axis; TensorRT runs it at its max batch, its profile 1..batch)."""
+    import numpy as np
+
+    from segengine.backends.base import BackendOptions
+    from segengine.backends.registry import choose, open_backend, prepare_for
+    from segengine.graph.prepare import GraphTarget
+    from segengine.models.zoo import WeightDirs
+
+    dirs = WeightDirs.from_env()
+    choice = choose(backend_name)
+    device = "cuda" if backend_name == "torch" else None
+    backend = open_backend(choice, prepare_for(choice, GraphTarget(preset), size, dirs, max_batch=batch),
+                           BackendOptions(device=device, dirs=dirs))
+    try:
+        batches = [np.stack(frames[i:i + batch]) for i in range(0, len(frames) - batch + 1, batch)]
+        return _timed(backend.infer, batches) * batch
+    finally:
+        backend.close()
+
+
 def end_to_end(video: Path, preset: str, backend: str, frames: int) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "segengine.cli", "run", str(video), "-o", f"{tmp}/out.mp4",
@@ -95,6 +120,8 @@ def main() -> int:
     parser.add_argument("--preset", default="road")
     parser.add_argument("--backend", choices=("tensorrt", "torch"), default="tensorrt")
     parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--batch", type=int, nargs="*", default=[1, 2, 4, 8],
+                        help="batch sizes to time (the many-streams path); none: skip")
     args = parser.parse_args()
 
     from segengine.backends.probe import detect
@@ -129,6 +156,12 @@ def main() -> int:
         e2e = end_to_end(args.video, args.preset, args.backend, len(frames))
         parts = ", ".join(f"{k} {v:.1f} fps" if isinstance(v, float) else f"{k} {v}" for k, v in bare.items())
         print(f"run {i + 1}: bare {parts} | segengine run {e2e:.1f} fps, overhead {(best / e2e - 1) * 100:.1f} %")
+    rates = {b: batched(args.backend, args.preset, size, frames, b) for b in args.batch}
+    for b, fps in rates.items():
+        ratio = f" ({fps / rates[1]:.2f}x batch 1)" if 1 in rates else ""
+        print(f"batch {b}: {fps:.1f} frames/s{ratio}")
+    if 1 in rates and 8 in rates:
+        print(f"target batch 8 >= 3x batch 1: {'met' if rates[8] >= 3 * rates[1] else 'NOT met'}")
     return 0
 
 

@@ -39,6 +39,7 @@ from segengine.streams.batcher import Batcher
 from segengine.streams.ids import check_id, unique_ids
 from segengine.streams.stream import Stream, StreamOptions
 from segengine.tracking.base import Tracker
+from segengine.types import FrameResult
 
 log = logging.getLogger("segengine")
 POLL = 0.1
@@ -88,7 +89,7 @@ class MultiPipeline:
         self._streams: dict[str, Stream] = {}
         self.finished: dict[str, Stream] = {}  # streams that ended, failed or were removed, by id
         self._order: list[str] = []  # every stream id, in the order added
-        self._results: Stage = Stage("results", maxsize=results_size, stop=self._stop)
+        self._results: Stage[FrameResult] = Stage("results", maxsize=results_size, stop=self._stop)
         self.batcher = Batcher(self._active, self._ready, timeout=batch_timeout)
         self._backends: dict[tuple[int, int], Backend] = {}
         self._staging: dict[tuple[int, int], np.ndarray] = {}
@@ -133,8 +134,8 @@ class MultiPipeline:
         try:
             if self._started:
                 stream.start()
-        except BaseException:
-            stream.halt(self.deadline)
+        except BaseException as exc:
+            stream.halt(self.deadline, error=exc)  # its sinks keep nothing: no frame was written
             raise
         with self._lock:
             self._streams[sid] = stream
@@ -151,7 +152,8 @@ class MultiPipeline:
             raise ConfigError(f"no running stream {stream_id!r} (running: {have})")
         if not stream.halt(self.deadline if timeout is None else timeout, removed=True):
             log.warning("stream %s did not stop within the deadline", stream_id)
-        self.finished[stream_id] = stream
+        with self._lock:
+            self.finished[stream_id] = stream
         return stream
 
     @property
@@ -207,9 +209,10 @@ class MultiPipeline:
             self._thread.join(timeout=max(0.1, end - time.monotonic()))
         with self._lock:
             streams, self._streams = dict(self._streams), {}
-        for sid, stream in streams.items():
+        for stream in streams.values():
             stream.halt(max(0.1, end - time.monotonic()))
-            self.finished[sid] = stream
+        with self._lock:
+            self.finished.update(streams)
         if not self._thread.is_alive():
             for backend in self._backends.values():
                 if backend is not self._given:  # a backend given to the pipeline stays its owner's to close
@@ -274,7 +277,7 @@ class MultiPipeline:
 
     # -- the caller's thread ----------------------------------------------------------------
 
-    def __iter__(self) -> Iterator:
+    def __iter__(self) -> Iterator[FrameResult]:
         self.start()
         while not self._stop.is_set():
             try:
@@ -290,7 +293,7 @@ class MultiPipeline:
                 if idle:
                     break
 
-    def run(self, on_result: Callable | None = None) -> dict[str, Stream]:
+    def run(self, on_result: Callable[[FrameResult], object] | None = None) -> dict[str, Stream]:
         """Process every stream to its end; ``on_result(result)`` for each frame. Returns the streams."""
         with self:
             for result in self:

@@ -95,13 +95,14 @@ class Stream:
         self.capture.start()
         self._thread.start()
 
-    def halt(self, timeout: float, *, removed: bool = False) -> bool:
+    def halt(self, timeout: float, *, removed: bool = False, error: BaseException | None = None) -> bool:
         """Stop this stream now (its queued frames are dropped) and wait until its outputs are final.
-        ``removed``: it was taken out of a running pipeline (else the pipeline is closing)."""
+        ``removed``: it was taken out of a running pipeline (else the pipeline is closing); ``error``:
+        why it could not start (then its outputs are aborted)."""
         self._removed = removed
         self._halt.set()
         if self._thread.ident is None and not self.done.is_set():  # never started
-            self._finalise(None)
+            self._finalise(error)
         return self.done.wait(timeout)
 
     @property
