@@ -94,6 +94,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="the bare network: upstream's preprocessed float32 input and raw outputs")
     p.add_argument("--frame-size", type=_size, default=(720, 1280), metavar="WxH",
                    help="frame size the graph takes (default 1280x720)")
+    p.add_argument("--max-batch", type=_positive, default=1, metavar="N",
+                   help="a dynamic batch axis of 1..N frames (default 1: a static batch of one)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output (once it is written)")
     _model_dir(p)
     p.set_defaults(func=_export)
@@ -314,7 +316,7 @@ def _export(args: argparse.Namespace) -> int:
                               f"{', '.join(compose.PRESETS[args.name])}")
         graph = None
     else:
-        graph = compose.build_graph(args.name, args.frame_size, _dirs(args))
+        graph = compose.build_graph(args.name, args.frame_size, _dirs(args), max_batch=args.max_batch)
     # written beside the target and renamed once whole: a failed export leaves an existing file as it was
     staged = StagedFile(args.output, "the graph")
     try:
