@@ -265,3 +265,32 @@ def test_partial_batches_on_a_fixed_batch_engine_are_padded_and_cut_back() -> No
     assert padder.cut({"x": np.arange(4)})["x"].tolist() == [0, 1, 2, 3]
     with pytest.raises(BackendError, match="1 to 4"):
         padder.pad(np.zeros((5, 2, 3, 3), np.uint8))
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["-o", "{dir}/out.mp4"], "would both write"),
+    (["--json", "-"], "cannot share stdout"),
+    (["--json", "{dir}/{name}.jsonl"], "only placeholder"),
+    (["--json-masks", "all"], "json_masks says"),
+])
+def test_many_streams_bad_outputs_exit_2_before_anything_runs(tmp_path: Path, capsys, args: list[str],
+                                                              message: str) -> None:
+    from segengine.cli import main
+
+    argv = ["run", synthetic(1), synthetic(2), *[a.replace("{dir}", str(tmp_path)) for a in args]]
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
+def test_when_no_stream_can_open_the_run_exits_2_naming_them(tmp_path: Path, capsys) -> None:
+    from segengine.cli import main
+
+    for name in ("bad", "worse"):
+        (tmp_path / f"{name}.mp4").write_bytes(b"\x00garbage" * 50)
+    assert main(["run", str(tmp_path / "bad.mp4"), str(tmp_path / "worse.mp4")]) == 2
+    err = capsys.readouterr().err
+    assert "stream bad failed" in err and "stream worse failed" in err
+    # a path that does not exist is a typo: said at once, nothing runs
+    assert main(["run", str(tmp_path / "bad.mp4"), str(tmp_path / "missing.mp4")]) == 2
+    assert "missing.mp4" in capsys.readouterr().err

@@ -96,6 +96,13 @@ def run_many(args: argparse.Namespace, parser_defaults: Mapping[str, Any]) -> in
     secrets = {s for r in requests for s in Redactor.for_url(r.source).secrets}
     configure_logging(Redactor(tuple(sorted(secrets, key=len, reverse=True))), verbose=args.verbose)
     engine = _engine(args, parser_defaults, config.engine_settings(data, origin))
+    if engine["model"] is not None:  # a wrong model file is said before anything starts
+        from segengine.graph.custom import inspect_onnx
+
+        inspect_onnx(engine["model"], engine["classes"])
+    for request in requests:
+        if request.settings["json_masks"] is not None and request.settings["json"] is None:
+            raise ConfigError("json_masks says what json writes: give json a path too, or leave it out")
     ids = unique_ids([r.id for r in requests], [r.source for r in requests])
     outputs = _outputs(requests, ids)
     parsed = [_stream_options(r.settings) for r in requests]
