@@ -71,6 +71,40 @@ def test_three_streams_give_each_the_results_of_its_own_single_run() -> None:
     assert sum(n * count for n, count in p.batcher.sizes.items()) == 90
 
 
+class InFlightFake(SlowFake):
+    """A backend that keeps up to ``depth`` calls in flight (OpenVINO's streams): submit, then collect."""
+
+    depth = 2
+
+    def __init__(self) -> None:
+        super().__init__(max_batch=1)
+        self._pending: list[np.ndarray] = []
+        self.most_in_flight = 0
+
+    def submit(self, frame: np.ndarray) -> None:
+        assert len(self._pending) < self.depth, "more calls in flight than the backend's depth"
+        self._pending.append(frame.copy())
+        self.most_in_flight = max(self.most_in_flight, len(self._pending))
+
+    def collect(self) -> dict[str, np.ndarray]:
+        return self.infer(self._pending.pop(0))
+
+
+@pytest.mark.parametrize("streams", [1, 3])
+def test_a_backend_with_frames_in_flight_keeps_them_in_flight_and_the_results_in_order(streams: int) -> None:
+    uris = [synthetic(seed, frames=20) for seed in range(1, streams + 1)]
+    backend = InFlightFake()
+    with MultiPipeline(backend=backend, render=False) as p:
+        for i, uri in enumerate(uris):
+            p.add_source(uri, stream_id=f"s{i}", tracker=MaskTracker(), options=StreamOptions(interval=1 + i))
+        got: dict[str, list[tuple]] = {f"s{i}": [] for i in range(streams)}
+        for result in p:
+            got[result.frame.stream].append(_summary(result))
+    assert backend.most_in_flight == 2  # one stream too: its next frame computes while the last one's comes back
+    for i, uri in enumerate(uris):
+        assert got[f"s{i}"] == _single(uri, interval=1 + i)
+
+
 def test_interval_and_max_frames_are_per_stream() -> None:
     with MultiPipeline([synthetic(1)], backend=SlowFake(), render=False) as p:
         p.add_source(synthetic(2), stream_id="every3", options=StreamOptions(interval=3, max_frames=10))

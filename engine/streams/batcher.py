@@ -8,11 +8,15 @@ frame has given one, or once ``timeout`` has passed since its first frame: a slo
 holds the others back. The default timeout is half the frame interval of the fastest stream.
 
 Results go back to each stream by batch row, in each stream's frame order; frames the interval
-policy skips pass through uninferred in their place.
+policy skips pass through uninferred in their place. A backend that keeps frames in flight
+(OpenVINO's streams) gets the next batch submitted before the last is collected, up to its
+``depth``, as the single-stream pipeline does; when no frame is waiting, the oldest is collected
+at once, so overlap never adds latency.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
@@ -29,15 +33,32 @@ DEFAULT_TIMEOUT = 0.02  # seconds, when no stream knows its frame rate
 MAX_TIMEOUT = 0.05
 
 
+@dataclass(frozen=True)
+class End:
+    """A stream's end, handed on after its last frame: ``EndOfStream``, or why its source failed."""
+
+    error: BaseException
+
+
+Entry = Frame | FrameResult | End
+
+
 @dataclass
 class Batch:
-    """What one gathering gave: in taking order, skipped frames (results) and frames to infer."""
+    """What one gathering gave, in taking order: skipped frames (results), frames to infer, ends."""
 
-    entries: list[tuple[Stream, Frame | FrameResult]] = field(default_factory=list)
+    entries: list[tuple[Stream, Entry]] = field(default_factory=list)
 
     @property
     def frames(self) -> list[tuple[Stream, Frame]]:
         return [(s, f) for s, f in self.entries if isinstance(f, Frame)]
+
+
+@dataclass(frozen=True)
+class _Call:
+    backend: Backend
+    part: list[tuple[Stream, Frame]]
+    started: float
 
 
 def default_timeout(streams: Sequence[Stream]) -> float:
@@ -47,17 +68,27 @@ def default_timeout(streams: Sequence[Stream]) -> float:
 
 
 class Batcher:
-    """Gathers and runs batches; lives on the pipeline's one inference thread."""
+    """Gathers, runs and hands back batches; lives on the pipeline's one inference thread."""
 
-    def __init__(self, streams: Callable[[], Sequence[Stream]], ready, *, timeout: float | None = None) -> None:
+    def __init__(self, streams: Callable[[], Sequence[Stream]], ready: threading.Event, *,
+                 timeout: float | None = None) -> None:
         self._streams = streams  # a snapshot of the active streams, taken at every pass
         self._ready = ready  # set by every capture thread when it queues a frame
         self.timeout = timeout
         self._turn = 0
-        self.sizes: Counter[int] = Counter()  # batch size → how many batches ran at it
+        self.sizes: Counter[int] = Counter()  # frames per backend call → how many calls
+        self._flight: deque[_Call] = deque()  # submitted to a pipelined backend, oldest first
+        self._queue: deque[tuple[Stream, Entry]] = deque()  # taken, handed back in this order
+        self._done: dict[int, FrameResult] = {}  # id(frame) → its result, until handed back
 
-    def gather(self, max_batch: int, stop) -> Batch:
-        """Up to ``max_batch`` frames, at most one per stream; returns early when stopped (maybe empty)."""
+    @property
+    def busy(self) -> bool:
+        """Calls are in flight."""
+        return bool(self._flight)
+
+    def gather(self, max_batch: int, stop: threading.Event, *, wait: bool = True) -> Batch:
+        """Up to ``max_batch`` frames, at most one per stream; returns early when stopped (maybe empty),
+        and at once with nothing when nothing is ready and not ``wait``."""
         batch = Batch()
         given: set[str] = set()
         deadline: float | None = None
@@ -72,16 +103,18 @@ class Batcher:
                     break
                 if stream.id in given or not stream.open_for_frames():
                     continue
-                skipped, frame = stream.take()
+                skipped, frame, end = stream.take()
                 batch.entries.extend((stream, r) for r in skipped)
                 if frame is not None:
                     batch.entries.append((stream, frame))
                     given.add(stream.id)
+                if end is not None:
+                    batch.entries.append((stream, End(end)))
             waiting = [s for s in streams if s.id not in given and s.open_for_frames()]
             if len(given) >= max_batch or (given and not waiting):
                 break
             if batch.entries and not given:
-                break  # only skipped frames: out at once, they cost nothing
+                break  # only skipped frames or ends: out at once, they cost nothing
             now = time.monotonic()
             if given:
                 if deadline is None:
@@ -90,6 +123,8 @@ class Batcher:
                 if now >= deadline:
                     break
                 self._ready.wait(min(deadline - now, 0.05))
+            elif not wait:
+                break
             else:
                 # Nothing ready. A stream held back by its own full outputs sets no event: look again soon.
                 self._ready.wait(0.005 if any(not s.ended for s in streams) else 0.05)
@@ -98,34 +133,49 @@ class Batcher:
 
     def run(self, batch: Batch, backend_for: Callable[[tuple[int, int]], Backend],
             staging: Callable[[tuple[int, int], int], np.ndarray]) -> None:
-        """Infer the batch's frames (calls of up to the graph's max batch, per frame size) and hand every
-        entry to its stream. A backend that keeps frames in flight (OpenVINO's streams) gets up to its
-        ``depth`` calls submitted before the oldest is collected, so they compute at once."""
-        results: dict[int, FrameResult] = {}
+        """Infer the batch's frames (calls of up to the graph's max batch, per frame size) and hand back
+        every entry whose turn has come."""
+        self._queue.extend(batch.entries)
         groups: dict[tuple[int, int], list[tuple[Stream, Frame]]] = {}
         for stream, frame in batch.frames:
             groups.setdefault(frame.size, []).append((stream, frame))
         for size, group in groups.items():
             backend = backend_for(size)
             limit = backend.spec.input.max_batch
-            calls = [group[i:i + limit] for i in range(0, len(group), limit)]
-            if isinstance(backend, Pipelined) and len(calls) > 1:
-                in_flight: deque[tuple[list[tuple[Stream, Frame]], float]] = deque()
-                for part in calls:
+            for part in (group[i:i + limit] for i in range(0, len(group), limit)):
+                if isinstance(backend, Pipelined):
+                    while sum(call.backend is backend for call in self._flight) >= backend.depth:
+                        self._collect_oldest()
                     backend.submit(self._images(part, size, staging, copy=True))
-                    in_flight.append((part, time.perf_counter()))
-                    if len(in_flight) >= backend.depth:
-                        part, t0 = in_flight.popleft()
-                        self._decoded(part, backend, backend.collect(), t0, results)
-                while in_flight:
-                    part, t0 = in_flight.popleft()
-                    self._decoded(part, backend, backend.collect(), t0, results)
-                continue
-            for part in calls:
-                t0 = time.perf_counter()
-                self._decoded(part, backend, backend.infer(self._images(part, size, staging)), t0, results)
-        for stream, item in batch.entries:
-            stream.deliver(results[id(item)] if isinstance(item, Frame) else item)
+                    self._flight.append(_Call(backend, part, time.perf_counter()))
+                else:
+                    started = time.perf_counter()
+                    self._decoded(part, backend, backend.infer(self._images(part, size, staging)), started)
+        self._hand_back()
+
+    def collect(self) -> None:
+        """The oldest call in flight (nothing else is waiting), and what it lets go back."""
+        self._collect_oldest()
+        self._hand_back()
+
+    def _collect_oldest(self) -> None:
+        call = self._flight.popleft()
+        self._decoded(call.part, call.backend, call.backend.collect(), call.started)
+
+    def _hand_back(self) -> None:
+        """Entries in taking order, up to the first frame still in flight."""
+        while self._queue:
+            stream, item = self._queue[0]
+            if isinstance(item, Frame):
+                result = self._done.pop(id(item), None)
+                if result is None:
+                    return
+                stream.deliver(result)
+            elif isinstance(item, End):
+                stream.end(item.error)
+            else:
+                stream.deliver(item)
+            self._queue.popleft()
 
     @staticmethod
     def _images(part: list[tuple[Stream, Frame]], size: tuple[int, int],
@@ -140,11 +190,11 @@ class Batcher:
         return images
 
     def _decoded(self, part: list[tuple[Stream, Frame]], backend: Backend, outputs: dict[str, np.ndarray],
-                 started: float, results: dict[int, FrameResult]) -> None:
+                 started: float) -> None:
         elapsed = time.perf_counter() - started
         self.sizes[len(part)] += 1
         for row, (stream, frame) in enumerate(part):
-            results[id(frame)] = FrameResult(frame, decode_layers(outputs, backend.spec, row),
-                                             timings={"infer": elapsed})
+            self._done[id(frame)] = FrameResult(frame, decode_layers(outputs, backend.spec, row),
+                                                timings={"infer": elapsed})
             assert stream.policy is not None
             stream.policy.observe(elapsed)

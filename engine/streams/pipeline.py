@@ -227,10 +227,13 @@ class MultiPipeline:
                 if stream.size is not None:
                     self._backend_for(stream.size)
             while not self._stop.is_set():
-                batch = self.batcher.gather(self.max_batch, self._stop)
+                batch = self.batcher.gather(self.max_batch, self._stop, wait=not self.batcher.busy)
                 if batch.entries:
                     self.batcher.run(batch, self._backend_for, self._stage_for)
-                self._retire()
+                elif self.batcher.busy:
+                    self.batcher.collect()  # nothing new: the oldest frame in flight goes out now
+                if not self.batcher.busy:  # no graph is closed under a frame in flight
+                    self._retire()
         except BaseException as exc:  # the engine itself failed: every stream ends with it
             self._failed.set()
             for stream in self._active():

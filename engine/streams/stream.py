@@ -79,7 +79,9 @@ class Stream:
         self.policy: IntervalPolicy | None = None
         self.size: tuple[int, int] | None = None  # of its last frame: the graph it needs
         self.taken = 0  # frames handed to the batcher
-        self.ended = False  # the batcher has handed it its end
+        self.ended = False  # the batcher takes no more of its frames
+        self.reserved = 0  # frames taken by the batcher and not yet delivered (maybe in flight)
+        self._end_sent = False
 
     # -- lifecycle (the pipeline's threads) ----------------------------------------------------
 
@@ -116,48 +118,48 @@ class Stream:
     # -- the batcher's side --------------------------------------------------------------------
 
     def open_for_frames(self) -> bool:
-        """Whether the batcher may take a frame now: running, and room for its result."""
-        return not self.ended and not self._halt.is_set() and self._inbox.room() > 1
+        """Whether the batcher may take a frame now: running, and room for its result (and for the
+        results of frames taken and not yet delivered, which may be in flight)."""
+        return not self.ended and not self._halt.is_set() and self._inbox.room() - self.reserved > 1
 
-    def take(self) -> tuple[list[FrameResult], Frame | None]:
-        """Frames queued now, without waiting: the skipped ones (``--interval``) as results, and at
-        most one frame due for the networks. An end of the source is handed on here."""
+    def take(self) -> tuple[list[FrameResult], Frame | None, BaseException | None]:
+        """Frames queued now, without waiting: the skipped ones (``--interval``) as results, at most
+        one frame due for the networks, and the source's end (``EndOfStream``, or why it failed) if it
+        came. The batcher hands all three back in this order (:meth:`deliver`, :meth:`end`)."""
         skipped: list[FrameResult] = []
         limit = self.options.max_frames
-        while self.open_for_frames() and self._inbox.room() - len(skipped) > 1:
+        while self.open_for_frames():
             if limit is not None and self.taken >= limit:
-                self.end(EndOfStream(f"{self.id}: {limit} frames taken"))
-                break
+                self.ended = True
+                return skipped, None, EndOfStream(f"{self.id}: {limit} frames taken")
             try:
                 frame = self.capture.get(timeout=0.0)
             except SourceTimeout:
                 break
             except BaseException as exc:  # noqa: BLE001 - EndOfStream, or the source's failure
-                self._deliver_all(skipped)
-                self.end(exc)
-                return [], None
+                self.ended = True
+                return skipped, None, exc
             self.taken += 1
+            self.reserved += 1
             frame = replace(frame, stream=self.id)
             assert self.policy is not None
             resized = frame.size != self.size
             self.size = frame.size
             if self.policy.due(frame.pts, force=resized):
-                return skipped, frame
+                return skipped, frame, None
             skipped.append(FrameResult(frame, inferred=False))
-        return skipped, None
-
-    def _deliver_all(self, results: list[FrameResult]) -> None:
-        for result in results:
-            self.deliver(result)
+        return skipped, None, None
 
     def deliver(self, result: FrameResult) -> None:
         """A finished inference (or a skipped frame), in frame order. Never waits: ``take`` left room."""
+        self.reserved -= 1
         self._inbox.put(result, timeout=0.0)
 
     def end(self, error: BaseException) -> None:
-        """No more frames: ``EndOfStream`` for a clean end, else why the source failed."""
-        if not self.ended:
-            self.ended = True
+        """No more frames: ``EndOfStream`` for a clean end, else why the source (or the engine) failed."""
+        self.ended = True
+        if not self._end_sent:
+            self._end_sent = True
             self._inbox.finish(error, timeout=0.0)  # the spare slot is always free for it
 
     # -- the post thread -----------------------------------------------------------------------
