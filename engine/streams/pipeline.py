@@ -252,6 +252,9 @@ class MultiPipeline:
             t0 = time.perf_counter()
             rows = self.max_batch if BACKENDS[self.choice.name].batching else 1  # else frames in flight
             prepared = prepare_for(self.choice, self.target, size, self.dirs, max_batch=rows)
+            # The backend's own choice of streams: with OpenVINO, two requests in flight (throughput) gave
+            # live cameras a lower p99 than one request on every core once there were two or more
+            # (benchmarks/many_streams.py: 1015 vs 1437 ms for 2 cameras).
             backend = self._backends[size] = open_backend(self.choice, prepared, self.options)
             log.info("graph ready for %dx%d (batch up to %d) in %.1f s", size[1], size[0],
                      prepared.spec.input.max_batch, time.perf_counter() - t0)
