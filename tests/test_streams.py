@@ -137,6 +137,8 @@ def test_add_and_remove_streams_while_running_leaves_no_thread_or_descriptor(tmp
             assert (tmp_path / f"{i}.jsonl").stat().st_size > 0  # its output finalised under its name
         assert list(p.streams) == [derive_id(synthetic(0)), *[s for s in p.streams if s != "synthetic"]]
         assert p.streams["synthetic"].state == "running"
+        again = p.add_source(synthetic(99, frames=None, live=True), stream_id="synthetic-2")  # removed: free again
+        assert again == "synthetic-2" and p.streams[again].state == "running"
     time.sleep(0.2)
     assert _leak_baseline() == before
 

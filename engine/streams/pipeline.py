@@ -113,7 +113,8 @@ class MultiPipeline:
             if self._closed:
                 raise ConfigError("this pipeline is closed: make a new one")
             with self._lock:
-                taken = [*self._streams, *self.finished]
+                # A removed stream's id may be given again (a camera taken out and put back).
+                taken = [*self._streams, *(sid for sid, s in self.finished.items() if s.state != "removed")]
                 name = source if isinstance(source, str) else source.info.name
                 sid = unique_ids([stream_id], [name], taken)[0] if stream_id is None else check_id(stream_id)
                 if sid in taken:
@@ -139,7 +140,8 @@ class MultiPipeline:
             raise
         with self._lock:
             self._streams[sid] = stream
-            self._order.append(sid)
+            if self.finished.pop(sid, None) is None:  # else it keeps its place
+                self._order.append(sid)
         self._ready.set()
         return sid
 
