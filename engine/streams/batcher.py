@@ -131,7 +131,7 @@ class Batcher:
         self._turn += 1
         return batch
 
-    def run(self, batch: Batch, backend_for: Callable[[tuple[int, int]], Backend],
+    def run(self, batch: Batch, backend_for: Callable[[tuple[int, int], int], Backend],
             staging: Callable[[tuple[int, int], int], np.ndarray]) -> None:
         """Infer the batch's frames (calls of up to the graph's max batch, per frame size) and hand back
         every entry whose turn has come."""
@@ -140,9 +140,9 @@ class Batcher:
         for stream, frame in batch.frames:
             groups.setdefault(frame.size, []).append((stream, frame))
         for size, group in groups.items():
-            backend = backend_for(size)
-            limit = backend.spec.input.max_batch
+            limit = backend_for(size, 0).spec.input.max_batch
             for part in (group[i:i + limit] for i in range(0, len(group), limit)):
+                backend = backend_for(size, len(part))  # a call of one frame may have a graph of its own
                 if isinstance(backend, Pipelined):
                     while sum(call.backend is backend for call in self._flight) >= backend.depth:
                         self._collect_oldest()

@@ -91,7 +91,8 @@ class MultiPipeline:
         self._order: list[str] = []  # every stream id, in the order added
         self._results: Stage[FrameResult] = Stage("results", maxsize=results_size, stop=self._stop)
         self.batcher = Batcher(self._active, self._ready, timeout=batch_timeout)
-        self._backends: dict[tuple[int, int], Backend] = {}
+        self._backends: dict[tuple[int, int], Backend] = {}  # frame size → its (batch) graph's backend
+        self._singles: dict[tuple[int, int], Backend] = {}  # frame size → its static batch-1 graph's
         self._staging: dict[tuple[int, int], np.ndarray] = {}
         self._thread = threading.Thread(target=self._infer_loop, name="segengine-batcher", daemon=True)
         self._started = self._closed = False
@@ -216,10 +217,11 @@ class MultiPipeline:
         with self._lock:
             self.finished.update(streams)
         if not self._thread.is_alive():
-            for backend in self._backends.values():
+            for backend in [*self._backends.values(), *self._singles.values()]:
                 if backend is not self._given:  # a backend given to the pipeline stays its owner's to close
                     backend.close()
             self._backends.clear()
+            self._singles.clear()
 
     # -- the inference thread ---------------------------------------------------------------
 
@@ -242,7 +244,10 @@ class MultiPipeline:
                 stream.end(exc)
             self._results.finish(exc, timeout=self.deadline)
 
-    def _backend_for(self, size: tuple[int, int]) -> Backend:
+    def _backend_for(self, size: tuple[int, int], rows: int = 0) -> Backend:
+        """The backend for frames of ``size``: its batch graph, or for a call of one frame (``rows``) the
+        static batch-1 graph beside it, where there is one: a batch axis costs ONNX Runtime 6-9 % at
+        batch 1 (benchmarks/batch_scaling.py), and both give the same outputs bit for bit."""
         backend = self._backends.get(size)
         if backend is None and self._given is not None:
             h, w = self._given.spec.frame_size
@@ -252,15 +257,18 @@ class MultiPipeline:
             backend = self._backends[size] = self._given
         if backend is None:
             t0 = time.perf_counter()
-            rows = self.max_batch if BACKENDS[self.choice.name].batching else 1  # else frames in flight
-            prepared = prepare_for(self.choice, self.target, size, self.dirs, max_batch=rows)
+            batch = self.max_batch if BACKENDS[self.choice.name].batching else 1  # else frames in flight
+            prepared = prepare_for(self.choice, self.target, size, self.dirs, max_batch=batch)
             # The backend's own choice of streams: with OpenVINO, two requests in flight (throughput) gave
             # live cameras a lower p99 than one request on every core once there were two or more
             # (benchmarks/many_streams.py: 1015 vs 1437 ms for 2 cameras).
             backend = self._backends[size] = open_backend(self.choice, prepared, self.options)
+            if prepared.spec.input.max_batch > 1:  # opened now, not mid-run: an export takes seconds
+                single = prepare_for(self.choice, self.target, size, self.dirs)
+                self._singles[size] = open_backend(self.choice, single, self.options)
             log.info("graph ready for %dx%d (batch up to %d) in %.1f s", size[1], size[0],
                      prepared.spec.input.max_batch, time.perf_counter() - t0)
-        return backend
+        return self._singles.get(size, backend) if rows == 1 else backend
 
     def _stage_for(self, size: tuple[int, int], rows: int) -> np.ndarray:
         """The batch input for frames of ``size``, allocated once per size and reused."""
@@ -281,6 +289,8 @@ class MultiPipeline:
             backend = self._backends.pop(size)
             if backend is not self._given:
                 backend.close()
+            if size in self._singles:
+                self._singles.pop(size).close()
             self._staging.pop(size, None)
 
     # -- the caller's thread ----------------------------------------------------------------
