@@ -330,6 +330,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     shared_models = SHARED / "models"
     dirs = WeightDirs.from_env(args.model_dir or os.environ.get("SEGENGINE_MODEL_DIR")
                                or (shared_models if shared_models.is_dir() else None))
+    # Ctrl-C ends a soak with its table, whoever started it: a parent that ignores or blocks SIGINT
+    # (a CI runner, nohup, a background job) passes that on to its children, and the run would go deaf.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
     previous_sigterm = signal.signal(signal.SIGTERM, _on_sigterm)
     run = Run(args, duration)
     try:
