@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,7 +21,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from segengine.backends.base import BackendOptions, Pipelined
+from segengine.backends.base import BackendOptions
 from segengine.backends.onnxruntime import OnnxRuntimeBackend
 from segengine.backends.openvino import OpenVinoBackend
 from segengine.graph.cache import cached_graph
@@ -28,7 +29,10 @@ from segengine.graph.spec import GraphSpec
 from segengine.models.zoo import WeightDirs
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # benchmarks.inflight, when run as a script
 DEFAULT_VIDEO = REPO.parent / "shared" / "data" / "videos" / "udacity_lanelines_solidWhiteRight.mp4"
+
+from benchmarks.inflight import run_all  # noqa: E402
 
 
 def per_frame(backend: object, frames: np.ndarray, batch: int, repeat: int) -> float:
@@ -38,19 +42,7 @@ def per_frame(backend: object, frames: np.ndarray, batch: int, repeat: int) -> f
     times = []
     for _ in range(repeat):
         start = time.perf_counter()
-        if isinstance(backend, Pipelined) and backend.depth > 1:
-            in_flight = 0
-            for b in batches:
-                backend.submit(b)
-                in_flight += 1
-                if in_flight >= backend.depth:
-                    backend.collect()
-                    in_flight -= 1
-            for _ in range(in_flight):
-                backend.collect()
-        else:
-            for b in batches:
-                backend.infer(b)
+        run_all(backend, batches)
         times.append((time.perf_counter() - start) / len(frames))
     return statistics.median(times)
 

@@ -31,7 +31,7 @@ from pathlib import Path
 import av
 import onnxruntime as ort
 
-from segengine.backends.base import BackendOptions, Pipelined
+from segengine.backends.base import BackendOptions
 from segengine.backends.onnxruntime import OnnxRuntimeBackend
 from segengine.backends.probe import cpu_isa, has_bf16
 from segengine.graph.cache import cached_graph
@@ -39,7 +39,10 @@ from segengine.graph.spec import GraphSpec
 from segengine.models.zoo import WeightDirs
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # benchmarks.inflight, when run as a script
 DEFAULT_VIDEO = REPO.parent / "shared" / "data" / "videos" / "udacity_lanelines_solidWhiteRight.mp4"
+
+from benchmarks.inflight import run_all  # noqa: E402
 
 
 def bare(make: Callable[[], object], frames: list) -> float:
@@ -48,19 +51,7 @@ def bare(make: Callable[[], object], frames: list) -> float:
     backend = make()
     backend.infer(frames[0])  # warm-up: allocations, thread pool
     start = time.perf_counter()
-    if isinstance(backend, Pipelined):
-        in_flight = 0
-        for frame in frames:
-            backend.submit(frame)
-            in_flight += 1
-            if in_flight >= backend.depth:
-                backend.collect()
-                in_flight -= 1
-        for _ in range(in_flight):
-            backend.collect()
-    else:
-        for frame in frames:
-            backend.infer(frame)
+    run_all(backend, frames)
     backend.close()
     return len(frames) / (time.perf_counter() - start)
 
