@@ -13,7 +13,6 @@ and checks the stop event, so ``close()`` always returns within its deadline.
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from collections import deque
@@ -33,6 +32,7 @@ from segengine.errors import ConfigError, EndOfStream
 from segengine.graph.prepare import GraphTarget
 from segengine.interval import Interval, IntervalPolicy, check_interval, make_policy
 from segengine.layers import decode_layers
+from segengine.lifecycle import Lifecycle
 from segengine.models import zoo
 from segengine.post import PostStages
 from segengine.render.base import Renderer
@@ -47,7 +47,7 @@ log = logging.getLogger("segengine")
 POLL = 0.1  # seconds between stop-event checks in every wait
 
 
-class Pipeline:
+class Pipeline(Lifecycle):
     """``with Pipeline("video.mp4") as p: for result in p: ...`` — results in frame order.
 
     What runs: ``preset`` (default "road") or your ``model`` ONNX (with ``classes``), on ``backend``
@@ -110,20 +110,6 @@ class Pipeline:
             self._infer_thread.start()
             self.stats.started = time.monotonic()
         return self
-
-    def __enter__(self) -> Pipeline:
-        try:
-            return self.start()
-        except BaseException:
-            self.close(failed=True)  # __exit__ will not run: finalise the sinks here
-            raise
-
-    def __exit__(self, exc_type: object, *exc: object) -> None:
-        self.close(failed=exc_type is not None)
-
-    def stop(self) -> None:
-        """Ask every stage to stop; returns at once."""
-        self._stop.set()
 
     def close(self, failed: bool = False) -> None:
         """Stop all threads (bounded by the deadline) and finalise every sink. Idempotent. ``failed``:
@@ -253,13 +239,7 @@ class Pipeline:
 
     def __iter__(self) -> Iterator[FrameResult]:
         self.start()
-        while not self._stop.is_set():
-            try:
-                result = self._results.get(timeout=POLL)
-            except queue.Empty:
-                continue
-            except EndOfStream:
-                break
+        for result in self._results.drain():  # the results stage stops with the pipeline
             yield self._finish(result)
 
     def _finish(self, result: FrameResult) -> FrameResult:

@@ -15,10 +15,11 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Generic, Literal, TypeVar
 
-from segengine.errors import ConfigError
+from segengine.errors import ConfigError, EndOfStream
 
 T = TypeVar("T")
 Policy = Literal["lossless", "latest"]
@@ -102,6 +103,18 @@ class Stage(Generic[T]):
             self._done = item.error
             raise self._done
         return item
+
+    def drain(self) -> Iterator[T]:
+        """Every item as it comes, until the producer's clean end (``EndOfStream``) or the stop event;
+        the producer's error is raised. The one consumer loop, so no consumer can wait unstoppably."""
+        while not self.stop.is_set():
+            try:
+                item = self.get(timeout=POLL)
+            except queue.Empty:
+                continue
+            except EndOfStream:
+                return
+            yield item
 
     def abandon(self, error: BaseException) -> BaseException:
         """End the hop on the consumer's side (its producer died before it could finish it)."""

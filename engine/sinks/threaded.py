@@ -7,7 +7,6 @@ The worker's error surfaces on the next ``write`` or on ``close``.
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
 from pathlib import Path
@@ -66,13 +65,7 @@ class ThreadedSink:
         return kept
 
     def _run(self) -> None:
-        while not self._stage.stop.is_set():
-            try:
-                result = self._stage.get(timeout=POLL)
-            except queue.Empty:
-                continue
-            except EndOfStream:
-                return
+        for result in self._stage.drain():
             try:
                 self.sink.write(result)
             except BaseException as exc:  # noqa: BLE001 - raised in the producer's thread

@@ -28,6 +28,7 @@ from segengine.capture.base import Source, SourceOptions
 from segengine.capture.factory import open_source
 from segengine.errors import ConfigError, EndOfStream
 from segengine.graph.prepare import GraphTarget
+from segengine.lifecycle import Lifecycle
 from segengine.models import zoo
 from segengine.post import PostStages
 from segengine.render.base import Renderer
@@ -45,7 +46,7 @@ log = logging.getLogger("segengine")
 POLL = 0.1
 
 
-class MultiPipeline:
+class MultiPipeline(Lifecycle):
     """``with MultiPipeline(["a.mp4", "b.mp4"]) as p: for r in p: r.frame.stream, r.instances``.
 
     What runs is chosen as for :class:`~segengine.pipeline.Pipeline` (``preset``, or ``model`` with
@@ -184,20 +185,6 @@ class MultiPipeline:
                 stream.start()  # a bad source fails here, before any work
             self._thread.start()
         return self
-
-    def __enter__(self) -> MultiPipeline:
-        try:
-            return self.start()
-        except BaseException:
-            self.close(failed=True)
-            raise
-
-    def __exit__(self, exc_type: object, *exc: object) -> None:
-        self.close(failed=exc_type is not None)
-
-    def stop(self) -> None:
-        """Ask every stage to stop; returns at once."""
-        self._stop.set()
 
     def close(self, failed: bool = False) -> None:
         """Stop every thread (bounded by the deadline) and finalise every stream's sinks. Idempotent."""

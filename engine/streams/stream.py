@@ -11,7 +11,6 @@ removed): its outputs are finalised on its own thread while the other streams go
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from dataclasses import dataclass, replace
@@ -167,13 +166,7 @@ class Stream:
     def _post_loop(self) -> None:
         error: BaseException | None = None
         try:
-            while not self._halt.is_set():
-                try:
-                    result = self._inbox.get(timeout=POLL)
-                except queue.Empty:
-                    continue
-                except EndOfStream:
-                    break
+            for result in self._inbox.drain():  # the inbox stops with the stream (halt)
                 result = self.post.finish(result, self.capture.status)
                 while not self._halt.is_set() and not self._results.put(result, timeout=POLL):
                     pass  # the caller is behind: wait, but stay stoppable
