@@ -225,12 +225,8 @@ def engine_for_run(graph: Path, env: GpuEnvironment, dirs: zoo.WeightDirs, memor
     gpu = memory.gpu()
     cache = EngineCache(engine_folder(dirs))
     model_sha = sha256_of(graph)
-    found, stale = cache.candidates(model_sha, env.tensorrt_version or "none", gpu.name, gpu.compute_capability)
-    for path, key in found:
-        if key.profile[0][3][0] < max_batch:
-            print(f"segengine: not using {path.name}: its batch profile ends at {key.profile[0][3][0]}, "
-                  f"{max_batch} are needed", file=out)
-    found = [(path, key) for path, key in found if key.profile[0][3][0] >= max_batch]
+    found, stale = cache.candidates(model_sha, env.tensorrt_version or "none", gpu.name, gpu.compute_capability,
+                                    batch=max_batch)
     for reason in stale:
         print(f"segengine: not using {reason}", file=out)
     if found:

@@ -104,7 +104,15 @@ def test_a_profile_without_batch_one_is_not_used_for_run(tmp_path: Path) -> None
     cache = EngineCache(tmp_path)
     cache.store(replace(KEY, profile=(("frame", (4, 8, 8, 3), (8, 8, 8, 3), (8, 8, 8, 3)),)), PLAN)
     found, stale = cache.candidates(KEY.model_sha256, "10.3.0", "Orin (nvgpu)", "8.7")
-    assert not found and "batch profile does not include 1" in stale[0]
+    assert not found and "batch profile does not span 1..1" in stale[0]
+
+
+def test_an_engine_whose_profile_stops_short_of_the_batch_is_not_used(tmp_path: Path) -> None:
+    cache = EngineCache(tmp_path)
+    cache.store(replace(KEY, profile=(("frame", (1, 8, 8, 3), (2, 8, 8, 3), (2, 8, 8, 3)),)), PLAN)
+    assert cache.candidates(KEY.model_sha256, "10.3.0", "Orin (nvgpu)", "8.7", batch=2)[0]
+    found, stale = cache.candidates(KEY.model_sha256, "10.3.0", "Orin (nvgpu)", "8.7", batch=4)
+    assert not found and "batch profile does not span 1..4" in stale[0]
 
 
 def test_timing_cache_and_calibration_table_paths_follow_their_inputs(tmp_path: Path) -> None:

@@ -102,7 +102,7 @@ def test_a_cached_graph_of_the_old_format_is_exported_again(tmp_path: Path, monk
         onnx.save(model, str(path))
         return path
 
-    monkeypatch.setattr(cache, "build_graph", lambda name, size, dirs: None)
+    monkeypatch.setattr(cache, "build_graph", lambda name, size, dirs, max_batch: None)
     monkeypatch.setattr(cache, "export_graph", export)
     dirs = zoo.WeightDirs(cache=tmp_path / "models")
     stale = tmp_path / "graphs" / f"{cache.graph_key('road', (540, 960))}.onnx"

@@ -101,9 +101,9 @@ class EngineCache:
         return engine
 
     def candidates(self, model_sha256: str, tensorrt_version: str, gpu_name: str,
-                   compute_capability: str) -> tuple[list[tuple[Path, EngineKey]], list[str]]:
-        """Valid engines of this model for this TensorRT and GPU that run batch 1, best precision first;
-        and, for the model's other engines, why each is not usable here."""
+                   compute_capability: str, batch: int = 1) -> tuple[list[tuple[Path, EngineKey]], list[str]]:
+        """Valid engines of this model for this TensorRT and GPU whose batch profile spans 1..``batch``,
+        best precision first; and, for the model's other engines, why each is not usable here."""
         found: list[tuple[Path, EngineKey]] = []
         stale: list[str] = []
         for sidecar in sorted(self.folder.glob("*.json")):
@@ -122,8 +122,8 @@ class EngineCache:
                     "compute_capability": compute_capability}
             reasons = [_difference(name, getattr(key, name), value) for name, value in want.items()
                        if getattr(key, name) != value]
-            if not all(lo[0] <= 1 <= hi[0] for _, lo, _, hi in key.profile):
-                reasons.append("its batch profile does not include 1")
+            if not all(lo[0] <= 1 and batch <= hi[0] for _, lo, _, hi in key.profile):
+                reasons.append(f"its batch profile does not span 1..{batch}")
             engine = sidecar.with_suffix(".engine")
             lookup = check_engine(engine, sidecar, key) if not reasons else None
             if lookup is not None and not lookup.usable:

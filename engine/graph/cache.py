@@ -88,13 +88,8 @@ def cached_graph(name: str, frame_size: tuple[int, int], *, dirs: zoo.WeightDirs
     """The ONNX graph of preset or model ``name`` for ``frame_size`` (height, width) and batches of
     1..``max_batch`` frames; exported when missing."""
     dirs = dirs or zoo.WeightDirs.from_env()
-
-    def export(out: Path) -> Path:
-        # Batch 1 calls build_graph as it always has (tests stand in for it with that signature).
-        graph = build_graph(name, frame_size, dirs, max_batch) if max_batch > 1 else build_graph(name, frame_size, dirs)
-        return export_graph(graph, out)
-
-    return _cached(dirs, graph_key(name, frame_size, max_batch), export)
+    return _cached(dirs, graph_key(name, frame_size, max_batch),
+                   lambda out: export_graph(build_graph(name, frame_size, dirs, max_batch), out))
 
 
 def cached_custom_graph(model_file: Path, frame_size: tuple[int, int], *, classes: Path | None = None,

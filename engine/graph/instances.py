@@ -1,9 +1,9 @@
 """In-graph decoding of YOLO-seg outputs: thresholds, NMS to a fixed top-K, masks at prototype resolution.
 
 Outputs have static shapes but for the batch axis: K rows per frame, padded with score 0
-(class -1, empty mask) when fewer instances are found. Boxes come back in frame pixels; masks stay at the prototypes'
-resolution over the whole network input, as probabilities scaled to uint8 (threshold
-at 128), so a device-to-host copy stays small.
+(class -1, empty mask) when fewer instances are found. Boxes come back in frame pixels; masks
+stay at the prototypes' resolution over the whole network input, as probabilities scaled to
+uint8 (threshold at 128), so a device-to-host copy stays small.
 """
 
 from __future__ import annotations
@@ -68,14 +68,12 @@ class InstanceDecode(torch.nn.Module):
         conf = self._confidence(pred)
         n = min(self.candidates, conf.shape[-1])
         conf, idx = conf.topk(n, dim=-1)
-        if self.layout == "v5":
-            rows = _rows(pred, idx)
-        else:  # gathered channels first, then transposed: only the chosen columns move
-            rows = pred.gather(2, idx.unsqueeze(1).expand(-1, pred.shape[1], -1)).transpose(1, 2)
         if self.layout == "v5":  # cx cy w h, objectness, classes, coefficients
+            rows = _rows(pred, idx)
             cls = (rows[..., 4:5] * rows[..., 5:5 + self.nc]).argmax(dim=-1)
             coeffs = rows[..., 5 + self.nc:]
-        else:  # cx cy w h, classes, coefficients
+        else:  # cx cy w h, classes, coefficients; gathered channels first: only the chosen columns move
+            rows = pred.gather(2, idx.unsqueeze(1).expand(-1, pred.shape[1], -1)).transpose(1, 2)
             cls = rows[..., 4:4 + self.nc].argmax(dim=-1)
             coeffs = rows[..., 4 + self.nc:]
         boxes = torch.cat([rows[..., :2] - rows[..., 2:4] / 2, rows[..., :2] + rows[..., 2:4] / 2], dim=-1)
