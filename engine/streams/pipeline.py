@@ -87,9 +87,7 @@ class MultiPipeline(Lifecycle):
         self._failed = threading.Event()  # the run failed: every stream keeps partial outputs
         self._ready = threading.Event()
         self._lock = threading.Lock()  # guards _streams (the batcher reads snapshots)
-        self._streams: dict[str, Stream] = {}
-        self.finished: dict[str, Stream] = {}  # streams that ended, failed or were removed, by id
-        self._order: list[str] = []  # every stream id, in the order added
+        self._streams: dict[str, Stream] = {}  # every stream by id, in the order added; running: not done
         self._results: Stage[FrameResult] = Stage("results", maxsize=results_size, stop=self._stop)
         self.batcher = Batcher(self._active, self._ready, timeout=batch_timeout)
         self._backends: dict[tuple[int, int], Backend] = {}  # frame size → its (batch) graph's backend
@@ -97,7 +95,6 @@ class MultiPipeline(Lifecycle):
         self._staging: dict[tuple[int, int], np.ndarray] = {}
         self._thread = threading.Thread(target=self._infer_loop, name="segengine-batcher", daemon=True)
         self._started = self._closed = False
-        self.started = 0.0
         for source in sources:
             self.add_source(source)
 
@@ -116,7 +113,7 @@ class MultiPipeline(Lifecycle):
                 raise ConfigError("this pipeline is closed: make a new one")
             with self._lock:
                 # A removed stream's id may be given again (a camera taken out and put back).
-                taken = [*self._streams, *(sid for sid, s in self.finished.items() if s.state != "removed")]
+                taken = [sid for sid, s in self._streams.items() if s.state != "removed"]
                 name = source if isinstance(source, str) else source.info.name
                 sid = unique_ids([stream_id], [name], taken)[0] if stream_id is None else check_id(stream_id)
                 if sid in taken:
@@ -141,31 +138,25 @@ class MultiPipeline(Lifecycle):
             stream.halt(self.deadline, error=exc)  # its sinks keep nothing: no frame was written
             raise
         with self._lock:
-            self._streams[sid] = stream
-            if self.finished.pop(sid, None) is None:  # else it keeps its place
-                self._order.append(sid)
+            self._streams[sid] = stream  # a removed stream's id given again: it keeps its place
         self._ready.set()
         return sid
 
     def remove_source(self, stream_id: str, timeout: float | None = None) -> Stream:
         """Stop one stream now, finalise its outputs and return it (its ``stats``, ``state``)."""
-        with self._lock:
-            stream = self._streams.pop(stream_id, None)
+        running = {s.id: s for s in self._active()}
+        stream = running.get(stream_id)
         if stream is None:
-            have = ", ".join(self._streams) or "none"
-            raise ConfigError(f"no running stream {stream_id!r} (running: {have})")
+            raise ConfigError(f"no running stream {stream_id!r} (running: {', '.join(running) or 'none'})")
         if not stream.halt(self.deadline if timeout is None else timeout, removed=True):
             log.warning("stream %s did not stop within the deadline", stream_id)
-        with self._lock:
-            self.finished[stream_id] = stream
         return stream
 
     @property
     def streams(self) -> dict[str, Stream]:
-        """Every stream by id, running or finished."""
+        """Every stream by id, running or finished, in the order added."""
         with self._lock:
-            every = {**self.finished, **self._streams}
-        return {sid: every[sid] for sid in self._order if sid in every}
+            return dict(self._streams)
 
     @property
     def failures(self) -> dict[str, BaseException]:
@@ -180,7 +171,6 @@ class MultiPipeline(Lifecycle):
     def start(self) -> MultiPipeline:
         if not self._started:
             self._started = True
-            self.started = time.monotonic()
             for stream in list(self._streams.values()):
                 stream.start()  # a bad source fails here, before any work
             self._thread.start()
@@ -197,12 +187,8 @@ class MultiPipeline(Lifecycle):
         end = time.monotonic() + self.deadline
         if self._thread.is_alive():
             self._thread.join(timeout=max(0.1, end - time.monotonic()))
-        with self._lock:
-            streams, self._streams = dict(self._streams), {}
-        for stream in streams.values():
+        for stream in self._active():
             stream.halt(max(0.1, end - time.monotonic()))
-        with self._lock:
-            self.finished.update(streams)
         if not self._thread.is_alive():
             for backend in [*self._backends.values(), *self._singles.values()]:
                 if backend is not self._given:  # a backend given to the pipeline stays its owner's to close
@@ -224,7 +210,7 @@ class MultiPipeline(Lifecycle):
                 elif self.batcher.busy:
                     self.batcher.collect()  # nothing new: the oldest frame in flight goes out now
                 if not self.batcher.busy:  # no graph is closed under a frame in flight
-                    self._retire()
+                    self._close_unneeded_graphs()
         except BaseException as exc:  # the engine itself failed: every stream ends with it
             self._failed.set()
             for stream in self._active():
@@ -264,12 +250,8 @@ class MultiPipeline(Lifecycle):
             buffer = self._staging[size] = np.empty((max(rows, self.max_batch), *size, 3), np.uint8)
         return buffer[:rows]
 
-    def _retire(self) -> None:
-        """Streams that ended move to ``finished``; graphs no running stream needs are closed (a
-        camera that changed its frame size)."""
-        with self._lock:
-            for sid in [sid for sid, s in self._streams.items() if s.done.is_set()]:
-                self.finished[sid] = self._streams.pop(sid)
+    def _close_unneeded_graphs(self) -> None:
+        """Close the graphs no running stream needs any more (a camera that changed its frame size)."""
         active = self._active()
         needed = {s.size for s in active}
         for size in [size for size in self._backends if active and size not in needed]:
@@ -292,11 +274,9 @@ class MultiPipeline(Lifecycle):
                 pass
             except EndOfStream:
                 break
+            # Every stream done: its last result was queued before it said so.
             if not self.linger and not self._active() and self._results.empty():
-                with self._lock:
-                    idle = all(s.done.is_set() for s in self._streams.values())
-                if idle:
-                    break
+                break
 
     def run(self, on_result: Callable[[FrameResult], object] | None = None) -> dict[str, Stream]:
         """Process every stream to its end; ``on_result(result)`` for each frame. Returns the streams."""
