@@ -93,7 +93,8 @@ class BackendInfo:
 @runtime_checkable
 class Pipelined(Protocol):
     """A backend that keeps up to ``depth`` frames in flight: ``submit`` returns before the frame
-    is computed, ``collect`` returns the oldest submitted frame's outputs (arrays the caller owns)."""
+    is computed (having copied it: the caller may reuse its array at once), ``collect`` returns the
+    oldest submitted frame's outputs (arrays the caller owns)."""
 
     depth: int  # frames it can hold submitted and not yet collected
 

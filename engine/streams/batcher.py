@@ -146,7 +146,7 @@ class Batcher:
                 if isinstance(backend, Pipelined):
                     while sum(call.backend is backend for call in self._flight) >= backend.depth:
                         self._collect_oldest()
-                    backend.submit(self._images(part, size, staging, copy=True))
+                    backend.submit(self._images(part, size, staging))
                     self._flight.append(_Call(backend, part, time.perf_counter()))
                 else:
                     started = time.perf_counter()
@@ -179,11 +179,11 @@ class Batcher:
 
     @staticmethod
     def _images(part: list[tuple[Stream, Frame]], size: tuple[int, int],
-                staging: Callable[[tuple[int, int], int], np.ndarray], copy: bool = False) -> np.ndarray:
+                staging: Callable[[tuple[int, int], int], np.ndarray]) -> np.ndarray:
+        """The part's frames as one batch: the frame itself for one, else rows of the size's staging
+        buffer (reused at once: ``infer`` is done with it on return, ``submit`` has copied it)."""
         if len(part) == 1:
             return part[0][1].image[None]
-        if copy:  # calls in flight at once cannot share one staging buffer
-            return np.stack([frame.image for _, frame in part])
         images = staging(size, len(part))
         for row, (_, frame) in enumerate(part):
             images[row] = frame.image
